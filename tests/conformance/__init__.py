@@ -1,0 +1,1 @@
+"""Conformance and interoperability tests: real clients against any MQTT broker."""
