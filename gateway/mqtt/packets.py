@@ -17,7 +17,6 @@ from .properties import (
     decode_binary,
     decode_properties,
     decode_utf8,
-    decode_varint,
     encode_binary,
     encode_properties,
     encode_utf8,

@@ -46,7 +46,9 @@ PROPERTIES: dict[int, tuple[str, int, frozenset[str]]] = {
     0x29: ("subscription_identifier_available", BYTE, frozenset({_CA})),
     0x2A: ("shared_subscription_available", BYTE, frozenset({_CA})),
 }
-BY_NAME: dict[str, tuple[int, int]] = {name: (pid, kind) for pid, (name, kind, _) in PROPERTIES.items()}
+BY_NAME: dict[str, tuple[int, int]] = {
+    name: (pid, kind) for pid, (name, kind, _) in PROPERTIES.items()
+}
 
 # Properties whose value must be 0 or 1 (spec: anything else is a Protocol Error).
 _BOOLEAN = {"payload_format_indicator", "request_problem_information",

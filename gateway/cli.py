@@ -1,0 +1,148 @@
+"""`lichen ...` commands. Each exits 0 on success, or non-zero with one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+from .config import DEFAULT_CONFIG_TOML, ConfigError, GatewayConfig, config_from_dict, load_config
+from .state_dir import (
+    CONFIG_NAME,
+    StateDirError,
+    default_state_dir,
+    ensure_state_dir,
+    is_running,
+    read_status,
+)
+
+
+class CLIError(Exception):
+    """Reported as one line on stderr, exit status 1."""
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir) if args.state_dir else default_state_dir()
+
+
+def resolve_config(state_dir: Path, config_file: str | None) -> GatewayConfig:
+    """--config FILE, else DIR/config.toml, else the embedded default config."""
+    if config_file:
+        return load_config(config_file)
+    in_dir = state_dir / CONFIG_NAME
+    if in_dir.exists():
+        return load_config(in_dir)
+    return config_from_dict(tomllib.loads(DEFAULT_CONFIG_TOML))
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    state_dir = ensure_state_dir(_state_dir(args))
+    cfg_path = state_dir / CONFIG_NAME
+    if cfg_path.exists() and not args.force:
+        print(f"{cfg_path} already exists (use --force to overwrite)")
+        return 0
+    cfg_path.write_text(DEFAULT_CONFIG_TOML)
+    os.chmod(cfg_path, 0o600)
+    print(f"initialised {state_dir}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import run
+
+    state_dir = ensure_state_dir(_state_dir(args))
+    cfg = resolve_config(state_dir, args.config)
+    if args.mqtt_port is not None:
+        cfg.listeners.tcp_host = "127.0.0.1"
+        cfg.listeners.tcp_port = args.mqtt_port
+    if args.tls_port is not None:
+        if not (cfg.listeners.tls_cert_file and cfg.listeners.tls_key_file):
+            raise CLIError("--tls-port needs listeners.tls_cert_file and listeners.tls_key_file "
+                           "in the config")
+        cfg.listeners.tls_port = args.tls_port
+    logging.basicConfig(level=getattr(logging, (args.log_level or cfg.log_level).upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        run(cfg, state_dir)
+    except OSError as exc:
+        raise CLIError(f"cannot start the gateway: {exc.strerror or exc}") from None
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    state_dir = _state_dir(args)
+    if not state_dir.is_dir():
+        raise CLIError(f"no state directory at {state_dir}")
+    status = read_status(state_dir) or {}
+    running = is_running(state_dir)
+    status["state"] = "running" if running else "stopped"
+    if running and time.time() - status.get("time", 0) > 30:
+        status["stale"] = True
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(f"state: {status['state']}")
+        mqtt = status.get("mqtt")
+        if running and mqtt:
+            print(f"pid: {status.get('pid')}")
+            print(f"uptime: {mqtt['uptime_s']} s")
+            print(f"listeners: {', '.join(mqtt['listeners']) or 'none'}")
+            print(f"clients connected: {mqtt['clients_connected']} "
+                  f"(sessions {mqtt['sessions']})")
+            print(f"subscriptions: {mqtt['subscriptions']}  retained: {mqtt['retained']}")
+            stats = mqtt["stats"]
+            print(f"messages in/out: {stats['messages_received']}/{stats['messages_sent']}")
+    if not running:
+        print(f"lichen: no gateway is running on {state_dir}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lichen", description="Lichen edge IoT gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def state_dir_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--state-dir", help="state directory (default: /var/lib/lichen as "
+                       "root, else ~/.local/state/lichen; or $LICHEN_STATE_DIR)")
+
+    p = sub.add_parser("init", help="create the state directory and a default config")
+    state_dir_arg(p)
+    p.add_argument("--force", action="store_true", help="overwrite an existing config")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
+    state_dir_arg(p)
+    p.add_argument("--mqtt-port", type=int, help="plaintext MQTT listener on 127.0.0.1:N")
+    p.add_argument("--tls-port", type=int, help="mutual-TLS device listener port")
+    p.add_argument("--config", help="config file (default: STATE_DIR/config.toml, else "
+                   "the embedded defaults)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="show whether the gateway runs, and its figures")
+    state_dir_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, ConfigError, StateDirError) as exc:
+        print(f"lichen: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

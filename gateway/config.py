@@ -1,0 +1,195 @@
+"""Typed gateway configuration: the one place that reads TOML, validates and explains errors.
+
+Every bound the gateway enforces lives here with a safe default. A bad value raises
+ConfigError naming the field, the value and what is allowed, and nothing starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; str() is one line naming the field."""
+
+
+@dataclass(slots=True)
+class MQTTLimits:
+    max_packet_size: int = 1_048_576          # bytes, both directions
+    receive_maximum: int = 100                # inbound QoS>0 publishes in flight per client
+    max_inflight: int = 100                   # outbound QoS>0 publishes in flight per client
+    max_queued_messages: int = 1000           # per session, QoS>0 waiting to be sent
+    max_queued_bytes: int = 16 * 1_048_576    # per connection: QoS 0 dropped past this backlog
+    max_connections: int = 10_000
+    max_keepalive: int = 65_535               # seconds; longer requests get Server Keep Alive
+    max_session_expiry: int = 0               # seconds; 0 = no cap (3.1.1 persistent = never)
+    topic_alias_maximum: int = 64             # client -> server aliases per connection
+    max_topic_aliases_out: int = 64           # server -> client aliases we may assign
+    max_retained_messages: int = 100_000
+    max_subscriptions_per_client: int = 1000
+    connect_timeout: float = 10.0             # seconds from TCP accept to CONNECT
+    sys_interval: int = 10                    # $SYS publish period, seconds; 0 = off
+    retain_available: bool = True
+    allow_zero_length_client_id: bool = True
+
+
+@dataclass(slots=True)
+class Listeners:
+    tcp_host: str = "127.0.0.1"
+    tcp_port: int | None = None               # plaintext; loopback only unless tcp_host says
+    tls_host: str = "0.0.0.0"
+    tls_port: int | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_ca_file: str | None = None            # trust anchors for client certificates
+    tls_require_client_cert: bool = True
+    unix_socket: str | None = None            # path; relative to the state dir
+
+
+@dataclass(slots=True)
+class Persistence:
+    enabled: bool = True
+    sync: str = "normal"                      # SQLite synchronous: "normal" or "full"
+
+
+@dataclass(slots=True)
+class GatewayConfig:
+    mqtt: MQTTLimits = field(default_factory=MQTTLimits)
+    listeners: Listeners = field(default_factory=Listeners)
+    persistence: Persistence = field(default_factory=Persistence)
+    log_level: str = "info"
+
+
+_RANGES: dict[str, tuple[float, float]] = {
+    "mqtt.max_packet_size": (64, 268_435_460),
+    "mqtt.receive_maximum": (1, 65_535),
+    "mqtt.max_inflight": (1, 65_535),
+    "mqtt.max_queued_messages": (0, 10_000_000),
+    "mqtt.max_queued_bytes": (1024, 1 << 40),
+    "mqtt.max_connections": (1, 1_000_000),
+    "mqtt.max_keepalive": (1, 65_535),
+    "mqtt.max_session_expiry": (0, 4_294_967_295),
+    "mqtt.topic_alias_maximum": (0, 65_535),
+    "mqtt.max_topic_aliases_out": (0, 65_535),
+    "mqtt.max_retained_messages": (0, 100_000_000),
+    "mqtt.max_subscriptions_per_client": (1, 1_000_000),
+    "mqtt.connect_timeout": (0.1, 3600),
+    "mqtt.sys_interval": (0, 86_400),
+    "listeners.tcp_port": (0, 65_535),
+    "listeners.tls_port": (0, 65_535),
+}
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "persistence.sync": ("normal", "full"),
+    "log_level": ("debug", "info", "warning", "error"),
+}
+
+
+def _check(path: str, value: Any, default: Any, annotation: str) -> Any:
+    optional = "None" in annotation
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{path}: a value is required")
+    if "bool" in annotation:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: must be true or false, got {value!r}")
+        return value
+    if "int" in annotation or "float" in annotation:
+        wants_float = "float" in annotation
+        ok = isinstance(value, int | float) if wants_float else isinstance(value, int)
+        if isinstance(value, bool) or not ok:
+            kind = "a number" if wants_float else "an integer"
+            raise ConfigError(f"{path}: must be {kind}, got {value!r}")
+        lo, hi = _RANGES.get(path, (float("-inf"), float("inf")))
+        if not lo <= value <= hi:
+            raise ConfigError(f"{path}: must be between {lo:g} and {hi:g}, got {value!r}")
+        return float(value) if wants_float else value
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: must be a string, got {value!r}")
+    choices = _CHOICES.get(path)
+    if choices and value not in choices:
+        raise ConfigError(f"{path}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: must be a table, got {data!r}")
+    known = {f.name: f for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            where = prefix.rstrip(".") or "the top level"
+            raise ConfigError(f"{prefix}{key}: unknown setting in {where} "
+                              f"(known: {', '.join(sorted(known))})")
+    obj = cls()
+    for name, f in known.items():
+        if name not in data:
+            continue
+        path = prefix + name
+        default = getattr(obj, name)
+        if hasattr(default, "__dataclass_fields__"):
+            setattr(obj, name, _build(type(default), data[name], path + "."))
+        else:
+            setattr(obj, name, _check(path, data[name], default, str(f.type)))
+    return obj
+
+
+def config_from_dict(data: dict) -> GatewayConfig:
+    cfg = _build(GatewayConfig, data, "")
+    lst = cfg.listeners
+    if lst.tls_port is not None and not (lst.tls_cert_file and lst.tls_key_file):
+        raise ConfigError("listeners.tls_port: needs listeners.tls_cert_file and "
+                          "listeners.tls_key_file")
+    if lst.tls_port is not None and lst.tls_require_client_cert and not lst.tls_ca_file:
+        raise ConfigError("listeners.tls_require_client_cert: needs listeners.tls_ca_file")
+    return cfg
+
+
+def load_config(path: str | Path | None) -> GatewayConfig:
+    """Read and validate a TOML config file; None gives the embedded defaults."""
+    if path is None:
+        return GatewayConfig()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return config_from_dict(data)
+
+
+DEFAULT_CONFIG_TOML = """\
+# Lichen gateway configuration. Every bound has a safe default; delete a line to use it.
+log_level = "info"
+
+[listeners]
+# Plaintext MQTT, loopback only. Devices on the network use the TLS listener.
+tcp_host = "127.0.0.1"
+tcp_port = 1883
+# A Unix socket for local processes, relative to the state directory.
+unix_socket = "mqtt.sock"
+
+[mqtt]
+max_packet_size = 1048576
+receive_maximum = 100
+max_inflight = 100
+max_queued_messages = 1000
+max_queued_bytes = 16777216
+max_connections = 10000
+max_keepalive = 65535
+max_session_expiry = 0
+topic_alias_maximum = 64
+max_retained_messages = 100000
+max_subscriptions_per_client = 1000
+sys_interval = 10
+
+[persistence]
+enabled = true
+sync = "normal"
+"""

@@ -1,0 +1,135 @@
+"""Builds the gateway's components from config, starts and stops them in order, handles
+signals and tells systemd how it is doing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import ssl
+import time
+from pathlib import Path
+
+from .config import GatewayConfig
+from .mqtt.broker import Broker
+from .mqtt.store import BrokerStore
+from .state_dir import BROKER_DB, StateLock, ensure_state_dir, write_status
+from .systemd_notify import notify, watchdog_interval
+
+log = logging.getLogger("lichen.daemon")
+
+STATUS_INTERVAL = 2.0
+
+
+def tls_context(cfg: GatewayConfig) -> ssl.SSLContext:
+    lst = cfg.listeners
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(lst.tls_cert_file, lst.tls_key_file)
+    if lst.tls_ca_file:
+        ctx.load_verify_locations(lst.tls_ca_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED if lst.tls_require_client_cert else ssl.CERT_OPTIONAL
+    return ctx
+
+
+class Gateway:
+    """Everything that runs in the gateway process."""
+
+    def __init__(self, cfg: GatewayConfig, state_dir: Path) -> None:
+        self.cfg = cfg
+        self.state_dir = state_dir
+        self.lock = StateLock(state_dir)
+        self.broker: Broker | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> None:
+        ensure_state_dir(self.state_dir)
+        self.lock.acquire()
+        store = None
+        if self.cfg.persistence.enabled:
+            store = BrokerStore(self.state_dir / BROKER_DB, self.cfg.persistence.sync)
+        self.broker = Broker(self.cfg.mqtt, store)
+        await self.broker.start()
+        lst = self.cfg.listeners
+        if lst.tcp_port is not None:
+            await self.broker.listen_tcp(lst.tcp_host, lst.tcp_port, "tcp")
+        if lst.tls_port is not None:
+            await self.broker.listen_tcp(lst.tls_host, lst.tls_port, "tls", tls_context(self.cfg))
+        if lst.unix_socket:
+            path = Path(lst.unix_socket)
+            await self.broker.listen_unix(path if path.is_absolute() else self.state_dir / path)
+        if not self.broker.listeners:
+            log.warning("no listener configured: set listeners.tcp_port or pass --mqtt-port")
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._status_writer()))
+        interval = watchdog_interval()
+        if interval:
+            self._tasks.append(loop.create_task(self._watchdog(interval)))
+        notify("READY=1\nSTATUS=serving " + ", ".join(self.broker.listeners))
+        log.info("gateway ready on %s (state %s, pid %d)", ", ".join(self.broker.listeners),
+                 self.state_dir, os.getpid())
+
+    def status(self) -> dict:
+        status = {"pid": os.getpid(), "state_dir": str(self.state_dir), "time": time.time(),
+                  "state": "running"}
+        if self.broker is not None:
+            status["mqtt"] = self.broker.status()
+        return status
+
+    async def _status_writer(self) -> None:
+        while True:
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, write_status, self.state_dir, self.status())
+            except OSError as exc:
+                log.warning("cannot write status file: %s", exc)
+            await asyncio.sleep(STATUS_INTERVAL)
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def stop(self) -> None:
+        notify("STOPPING=1")
+        for task in self._tasks:
+            task.cancel()
+        if self.broker is not None:
+            await self.broker.stop()
+        with contextlib.suppress(OSError):
+            final = self.status()
+            final["state"] = "stopped"
+            write_status(self.state_dir, final)
+        self.lock.release()
+        log.info("gateway stopped")
+
+
+async def serve(cfg: GatewayConfig, state_dir: Path) -> None:
+    gateway = Gateway(cfg, state_dir)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.request_stop)
+    try:
+        await gateway.start()
+        await gateway.wait_stopped()
+    finally:
+        await gateway.stop()
+
+
+def run(cfg: GatewayConfig, state_dir: Path) -> None:
+    """Run the gateway until SIGTERM/SIGINT, on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(cfg, state_dir))
+    else:
+        uvloop.run(serve(cfg, state_dir))

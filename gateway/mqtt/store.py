@@ -1,0 +1,257 @@
+"""Durable broker state in SQLite: retained messages and persistent sessions.
+
+Writes are queued from the event loop and committed by one writer thread in batches (group
+commit). `after_commit(fn)` runs `fn` on the loop once everything queued so far is on disk,
+which is how the broker acknowledges a publish only after it is durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .message import Message
+
+log = logging.getLogger("lichen.mqtt.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS retained (
+    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+    properties TEXT, expiry_at REAL);
+CREATE TABLE IF NOT EXISTS sessions (
+    client_id TEXT PRIMARY KEY, expiry_interval INTEGER NOT NULL,
+    disconnected_at REAL, subscriptions TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS session_messages (
+    client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    qos INTEGER NOT NULL, retain INTEGER NOT NULL, properties TEXT, expiry_at REAL,
+    sub_ids TEXT, packet_id INTEGER, state INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (client_id, seq));
+"""
+
+# session_messages.state
+QUEUED, AWAITING_PUBCOMP = 0, 2
+
+
+def props_to_json(props: dict) -> str | None:
+    if not props:
+        return None
+    out = dict(props)
+    if "correlation_data" in out:
+        out["correlation_data"] = base64.b64encode(out["correlation_data"]).decode()
+    return json.dumps(out)
+
+
+def props_from_json(text: str | None) -> dict:
+    if not text:
+        return {}
+    props = json.loads(text)
+    if "correlation_data" in props:
+        props["correlation_data"] = base64.b64decode(props["correlation_data"])
+    if "user_property" in props:
+        props["user_property"] = [tuple(p) for p in props["user_property"]]
+    return props
+
+
+@dataclass
+class StoredMessage:
+    seq: int
+    message: Message
+    qos: int
+    retain: bool
+    sub_ids: tuple[int, ...]
+    packet_id: int | None
+    state: int
+
+
+@dataclass
+class StoredSession:
+    client_id: str
+    expiry_interval: int
+    disconnected_at: float | None
+    subscriptions: dict[str, dict]
+    messages: list[StoredMessage] = field(default_factory=list)
+
+
+class BrokerStore:
+    """SQLite file of retained messages and sessions, written by a group-commit thread."""
+
+    def __init__(self, path: Path, sync: str = "normal") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._sync = "FULL" if sync == "full" else "NORMAL"
+        self._db = self._open()
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._ops: list[tuple[str, tuple]] = []
+        self._callbacks: list[Callable[[], None]] = []
+        self._closing = False
+        self._committing = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.commits = 0
+        self.failed: BaseException | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._sync}")
+        db.executescript(SCHEMA)
+        return db
+
+    # ---------------------------------------------------------------- loading (at start-up)
+
+    def load_retained(self) -> list[Message]:
+        now = time.time()
+        out = []
+        for topic, payload, qos, props, expiry_at in self._db.execute(
+                "SELECT topic, payload, qos, properties, expiry_at FROM retained"):
+            if expiry_at is not None and expiry_at <= now:
+                continue
+            out.append(Message(topic, bytes(payload), qos, True, props_from_json(props),
+                               expiry_at))
+        return out
+
+    def load_sessions(self) -> list[StoredSession]:
+        sessions: dict[str, StoredSession] = {}
+        for client_id, expiry, disc, subs in self._db.execute(
+                "SELECT client_id, expiry_interval, disconnected_at, subscriptions FROM sessions"):
+            sessions[client_id] = StoredSession(client_id, expiry, disc, json.loads(subs))
+        for row in self._db.execute(
+                "SELECT client_id, seq, topic, payload, qos, retain, properties, expiry_at, "
+                "sub_ids, packet_id, state FROM session_messages ORDER BY client_id, seq"):
+            cid, seq, topic, payload, qos, retain, props, expiry_at, sub_ids, pid, state = row
+            s = sessions.get(cid)
+            if s is None:
+                continue
+            msg = Message(topic, bytes(payload), qos, bool(retain), props_from_json(props),
+                          expiry_at)
+            ids = tuple(json.loads(sub_ids)) if sub_ids else ()
+            s.messages.append(StoredMessage(seq, msg, qos, bool(retain), ids, pid, state))
+        return list(sessions.values())
+
+    # ---------------------------------------------------------------- writes (from the loop)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._writer, name="lichen-store", daemon=True)
+        self._thread.start()
+
+    def _queue(self, sql: str, args: tuple) -> None:
+        with self._lock:
+            self._ops.append((sql, args))
+            if len(self._ops) == 1:
+                self._wake.notify()
+
+    def put_retained(self, msg: Message) -> None:
+        self._queue("INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)",
+                    (msg.topic, msg.payload, msg.qos, props_to_json(msg.properties),
+                     msg.expiry_at))
+
+    def delete_retained(self, topic: str) -> None:
+        self._queue("DELETE FROM retained WHERE topic = ?", (topic,))
+
+    def save_session(self, client_id: str, expiry_interval: int, disconnected_at: float | None,
+                     subscriptions: dict[str, dict]) -> None:
+        self._queue("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)",
+                    (client_id, expiry_interval, disconnected_at, json.dumps(subscriptions)))
+
+    def delete_session(self, client_id: str) -> None:
+        self._queue("DELETE FROM sessions WHERE client_id = ?", (client_id,))
+        self._queue("DELETE FROM session_messages WHERE client_id = ?", (client_id,))
+
+    def add_message(self, client_id: str, seq: int, msg: Message, qos: int, retain: bool,
+                    sub_ids: tuple[int, ...]) -> None:
+        self._queue("INSERT OR REPLACE INTO session_messages VALUES "
+                    "(?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, 0)",
+                    (client_id, seq, msg.topic, msg.payload, qos, int(retain),
+                     props_to_json(msg.properties), msg.expiry_at,
+                     json.dumps(sub_ids) if sub_ids else None))
+
+    def set_message_state(self, client_id: str, seq: int, packet_id: int, state: int) -> None:
+        self._queue("UPDATE session_messages SET packet_id = ?, state = ? "
+                    "WHERE client_id = ? AND seq = ?", (packet_id, state, client_id, seq))
+
+    def delete_message(self, client_id: str, seq: int) -> None:
+        self._queue("DELETE FROM session_messages WHERE client_id = ? AND seq = ?",
+                    (client_id, seq))
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        """Run fn on the event loop once every write queued so far is committed."""
+        with self._lock:
+            if not self._ops and not self._callbacks and not self._committing:
+                pending = False
+            else:
+                self._callbacks.append(fn)
+                pending = True
+        if not pending:
+            fn()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        assert self._loop is not None
+        done = self._loop.create_future()
+        self.after_commit(lambda: done.done() or done.set_result(None))
+        await done
+
+    # ---------------------------------------------------------------- the writer thread
+
+    def _writer(self) -> None:
+        while True:
+            with self._lock:
+                while not self._ops and not self._callbacks and not self._closing:
+                    self._wake.wait()
+                if self._closing and not self._ops and not self._callbacks:
+                    return
+                ops, self._ops = self._ops, []
+                callbacks, self._callbacks = self._callbacks, []
+                self._committing = bool(ops)
+            if ops:
+                try:
+                    self._db.execute("BEGIN")
+                    for sql, args in ops:
+                        self._db.execute(sql, args)
+                    self._db.execute("COMMIT")
+                    self.commits += 1
+                except sqlite3.Error as exc:
+                    # A failed commit (full disk, I/O error) must not be acknowledged:
+                    # callbacks are dropped so held PUBACKs are never sent.
+                    self.failed = exc
+                    log.error("store commit failed, %d writes not acknowledged: %s",
+                              len(ops), exc)
+                    try:
+                        self._db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    continue
+                finally:
+                    with self._lock:
+                        self._committing = False
+            if callbacks and self._loop is not None and not self._loop.is_closed():
+                try:
+                    self._loop.call_soon_threadsafe(_run_all, callbacks)
+                except RuntimeError:
+                    return
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._db.close()
+
+
+def _run_all(callbacks: list[Callable[[], None]]) -> None:
+    for fn in callbacks:
+        try:
+            fn()
+        except Exception:  # a callback's failure must not stop the others
+            log.exception("after-commit callback failed")
