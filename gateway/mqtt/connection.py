@@ -98,7 +98,7 @@ class Connection(asyncio.Protocol):
                         break
                     start, end = frame
                 if first >> 4 == 3 and self.session is not None:
-                    self._on_publish(first, mv[start:end])
+                    self._on_publish(first, mv[start:end], data, pos, end)
                 else:
                     self._on_packet(pk.decode(first, mv[start:end], self.version))
                 pos = end
@@ -189,7 +189,8 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ PUBLISH (hot path)
 
-    def _on_publish(self, first: int, body: memoryview) -> None:
+    def _on_publish(self, first: int, body: memoryview, data: bytes, frame_start: int,
+                    frame_end: int) -> None:
         qos = (first >> 1) & 0x03
         if qos == 3:
             raise MalformedPacket("PUBLISH with QoS 3")
@@ -243,6 +244,10 @@ class Connection(asyncio.Protocol):
         else:
             msg = Message(topic, bytes(body[pos:]), qos, retain, None, None, topic_bytes,
                           session.client_id)
+            if not qos:
+                # The frame as received is already the QoS 0 encoding for subscribers on
+                # this protocol version: forward those bytes instead of re-encoding.
+                msg.seed_qos0(self.v5, retain, data[frame_start:frame_end])
         if not broker.auth.allow_all and not broker.auth.can_publish(self.info, topic):
             broker.stats.publish_denied += 1
             log.info("denied PUBLISH by %s to %s", session.client_id, topic)

@@ -84,6 +84,10 @@ class Message:
             data = plain[idx] = self.encode(v5, 0, retain)
         return data
 
+    def seed_qos0(self, v5: bool, retain: bool, frame: bytes) -> None:
+        plain = self._plain = [None, None, None, None]
+        plain[(2 if v5 else 0) + (1 if retain else 0)] = frame
+
     def with_retain(self, retain: bool) -> Message:
         if retain == self.retain:
             return self
