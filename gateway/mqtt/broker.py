@@ -21,7 +21,14 @@ from .connection import Connection, new_client_id, requested_expiry, validate_su
 from .message import Message
 from .session import NEVER_EXPIRES, Outgoing, Session, SubOptions
 from .store import AWAITING_PUBCOMP, BrokerStore
-from .topics import InvalidTopic, SubscriptionTrie, parse_shared, topic_matches, validate_topic_name
+from .topics import (
+    InvalidTopic,
+    SubscriptionTrie,
+    parse_shared,
+    topic_matches,
+    validate_topic_filter,
+    validate_topic_name,
+)
 
 log = logging.getLogger("lichen.mqtt")
 
@@ -201,6 +208,7 @@ class Broker:
         group, inner = parse_shared(topic_filter)
         if group is not None:
             raise InvalidTopic("internal subscribers cannot join shared subscriptions")
+        validate_topic_filter(inner)
         sub = InternalSubscriber(topic_filter, callback)
         self.trie.add(inner, sub, SubOptions(2))
         self._cache.clear()
