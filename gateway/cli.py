@@ -11,6 +11,9 @@ import time
 import tomllib
 from pathlib import Path
 
+from .auth.pki import CertificateError
+from .auth.registry import RegistryError
+from .cli_auth import add_auth_commands, open_auth
 from .config import DEFAULT_CONFIG_TOML, ConfigError, GatewayConfig, config_from_dict, load_config
 from .state_dir import (
     CONFIG_NAME,
@@ -48,6 +51,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         return 0
     cfg_path.write_text(DEFAULT_CONFIG_TOML)
     os.chmod(cfg_path, 0o600)
+    open_auth(state_dir)
     print(f"initialised {state_dir}")
     return 0
 
@@ -126,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
 
+    add_auth_commands(sub, state_dir_arg)
+
     p = sub.add_parser("status", help="show whether the gateway runs, and its figures")
     state_dir_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, ConfigError, StateDirError) as exc:
+    except (CLIError, ConfigError, StateDirError, RegistryError, CertificateError) as exc:
         print(f"lichen: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

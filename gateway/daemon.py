@@ -57,7 +57,8 @@ class Gateway:
         if lst.tcp_port is not None:
             await self.broker.listen_tcp(lst.tcp_host, lst.tcp_port, "tcp")
         if lst.tls_port is not None:
-            await self.broker.listen_tcp(lst.tls_host, lst.tls_port, "tls", tls_context(self.cfg))
+            ctx = tls_context(self.cfg)
+            await self.broker.listen_tls(lst.tls_host, lst.tls_port, lambda: ctx)
         if lst.unix_socket:
             path = Path(lst.unix_socket)
             await self.broker.listen_unix(path if path.is_absolute() else self.state_dir / path)

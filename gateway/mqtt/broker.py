@@ -52,6 +52,7 @@ class BrokerStats:
     retained_refused: int = 0
     publish_denied: int = 0
     keepalive_timeouts: int = 0
+    tls_handshake_failures: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -152,6 +153,23 @@ class Broker:
         log.info("listening (%s) on %s:%d", name, host, port)
         return server
 
+    async def listen_tls(self, host: str, port: int, context: Callable[[], ssl.SSLContext],
+                         name: str = "tls") -> asyncio.AbstractServer:
+        """A TLS listener; `context()` gives the SSL context for each new handshake."""
+        from .tls_listener import TLSAcceptor
+
+        try:
+            server = await self.loop.create_server(lambda: TLSAcceptor(self, name, context),
+                                                   host, port, reuse_address=True,
+                                                   backlog=2048)
+        except OSError as exc:
+            raise OSError(exc.errno, f"{name} listener on {host}:{port}: "
+                          f"{exc.strerror or exc}") from None
+        self.servers.append(server)
+        self.listeners.append(f"{name} {host}:{port}")
+        log.info("listening (%s) on %s:%d", name, host, port)
+        return server
+
     async def listen_unix(self, path: str | Path) -> asyncio.AbstractServer:
         path = Path(path)
         if path.is_socket():
@@ -239,11 +257,10 @@ class Broker:
                          " is not supported")
             return
         info = self._client_info(conn, client_id, packet)
-        if not self.auth.allow_all:
-            code = self.auth.authenticate(info, packet.password)
-            if code:
-                self._refuse(conn, level, code, "not authorised")
-                return
+        code = self.auth.authenticate(info, packet.password)
+        if code:
+            self._refuse(conn, level, code, "not authorised")
+            return
         requested = requested_expiry(packet)
         expiry = self.cap_expiry(requested)
 
@@ -272,6 +289,7 @@ class Broker:
         session.disconnected_at = None
         session.conn = conn
         session.info = info
+        session.perms = info.permissions
         conn.info = info
         props = conn.apply_connect(packet, session)
         if v5:
@@ -372,7 +390,8 @@ class Broker:
         except InvalidTopic as exc:
             log.info("%s: invalid SUBSCRIBE filter: %s", session.client_id, exc)
             return (rc.TOPIC_FILTER_INVALID if conn.v5 else failure), False
-        if not self.auth.allow_all and not self.auth.can_subscribe(conn.info, sub.topic_filter):
+        perms = conn.info.permissions
+        if perms is not None and not perms.can_subscribe(sub.topic_filter):
             log.info("denied SUBSCRIBE by %s to %s", session.client_id, sub.topic_filter)
             return (rc.NOT_AUTHORIZED if conn.v5 else failure), False
         existed = sub.topic_filter in session.subscriptions
@@ -408,13 +427,13 @@ class Broker:
             m = self.retained.get(inner)
             candidates = [m] if m is not None else []
         sub_ids = (opts.sub_id,) if opts.sub_id else ()
-        check = not self.auth.allow_all
+        perms = session.info.permissions if session.info is not None else None
         now = time.time()
         for msg in candidates:
             if msg.expiry_at is not None and now >= msg.expiry_at:
                 self.retained.pop(msg.topic, None)
                 continue
-            if check and not self.auth.can_receive(session.info, msg.topic):
+            if perms is not None and not perms.can_receive(msg.topic):
                 continue
             qos = msg.qos if msg.qos < opts.qos else opts.qos
             if qos == 0:
@@ -433,7 +452,6 @@ class Broker:
             entry = self._targets(msg.topic)
         targets, shared = entry
         origin = msg.origin
-        check = not self.auth.allow_all
         msg_qos = msg.qos
         for key, qos, rap, sub_ids, nolocal in targets:
             if type(key) is InternalSubscriber:
@@ -446,7 +464,8 @@ class Broker:
                 qos = max(o.qos for o in opts)
                 rap = any(o.retain_as_published for o in opts)
                 sub_ids = tuple(o.sub_id for o in opts if o.sub_id)
-            if check and not self.auth.can_receive(key.info, msg.topic):
+            perms = key.perms
+            if perms is not None and not perms.can_receive(msg.topic):
                 continue
             if msg_qos < qos:
                 qos = msg_qos
@@ -458,7 +477,8 @@ class Broker:
                 durable = True
         for group, topic_filter, members in shared:
             session, opts = self._share_member(group, topic_filter, members)
-            if check and not self.auth.can_receive(session.info, msg.topic):
+            perms = session.perms
+            if perms is not None and not perms.can_receive(msg.topic):
                 continue
             qos = msg_qos if msg_qos < opts.qos else opts.qos
             sub_ids = (opts.sub_id,) if opts.sub_id else ()

@@ -248,7 +248,8 @@ class Connection(asyncio.Protocol):
                 # The frame as received is already the QoS 0 encoding for subscribers on
                 # this protocol version: forward those bytes instead of re-encoding.
                 msg.seed_qos0(self.v5, retain, data[frame_start:frame_end])
-        if not broker.auth.allow_all and not broker.auth.can_publish(self.info, topic):
+        perms = self.info.permissions
+        if perms is not None and not perms.can_publish(topic):
             broker.stats.publish_denied += 1
             log.info("denied PUBLISH by %s to %s", session.client_id, topic)
             if qos:
@@ -342,6 +343,10 @@ class Connection(asyncio.Protocol):
         if msg.expiry_at is not None and msg.expired():
             self.broker.stats.dropped_expired += 1
             self.broker.forget(session, item)
+            return False
+        perms = session.perms
+        if perms is not None and not perms.can_receive(msg.topic):
+            self.broker.forget(session, item)  # queued before the client's rights were known
             return False
         pid = session.allocate_packet_id()
         item.packet_id = pid

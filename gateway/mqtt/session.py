@@ -55,6 +55,7 @@ class Session:
         self.client_id = client_id
         self.conn = None                       # the live Connection, or None when offline
         self.info = None                       # ClientInfo of the last connection
+        self.perms = None                      # its Permissions; None = unrestricted
         self.stored = False                    # has a row in the store
         self.expiry_interval = 0               # seconds after disconnect; NEVER_EXPIRES
         self.disconnected_at: float | None = None

@@ -134,22 +134,30 @@ def test_durable_gateway_publish_is_flushed(tmp_path):
     again.close()
 
 
-class OnlyOwnTopics(AuthHooks):
-    """Devices may use only topics under their own client id; 'bad' may not connect."""
+class OwnTopics:
+    """Permissions: only topics under the client's own id (and '#' to subscribe)."""
 
-    allow_all = False
+    def __init__(self, client_id: str) -> None:
+        self.prefix = client_id + "/"
+
+    def can_publish(self, topic: str) -> bool:
+        return topic.startswith(self.prefix)
+
+    def can_subscribe(self, topic_filter: str) -> bool:
+        return topic_filter.startswith(self.prefix) or topic_filter == "#"
+
+    def can_receive(self, topic: str) -> bool:
+        return topic.startswith(self.prefix)
+
+
+class OnlyOwnTopics(AuthHooks):
+    """'bad' may not connect; everyone else is restricted to OwnTopics."""
 
     def authenticate(self, info: ClientInfo, password: bytes | None) -> int:
-        return rc.NOT_AUTHORIZED if info.client_id == "bad" else rc.SUCCESS
-
-    def can_publish(self, info: ClientInfo, topic: str) -> bool:
-        return topic.startswith(info.client_id + "/")
-
-    def can_subscribe(self, info: ClientInfo, topic_filter: str) -> bool:
-        return topic_filter.startswith(info.client_id + "/") or topic_filter == "#"
-
-    def can_receive(self, info: ClientInfo, topic: str) -> bool:
-        return topic.startswith(info.client_id + "/")
+        if info.client_id == "bad":
+            return rc.NOT_AUTHORIZED
+        info.permissions = OwnTopics(info.client_id)
+        return rc.SUCCESS
 
 
 def test_auth_hooks_are_enforced():
