@@ -69,8 +69,7 @@ class TLSAcceptor(asyncio.Protocol):
             tls_transport = await self.broker.loop.start_tls(
                 transport, conn, self.context(), server_side=True,
                 ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-        except (ssl.SSLError, OSError, ConnectionError, TimeoutError,
-                asyncio.TimeoutError) as exc:
+        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
             self.broker.stats.tls_handshake_failures += 1
             log.warning("refused TLS connection from %s on %s: %s", _peer(peer), self.listener,
                         describe_tls_error(exc))
