@@ -12,6 +12,7 @@ import tomllib
 from pathlib import Path
 
 from .auth.pki import CertificateError
+from .auth.policy import PolicyError
 from .auth.registry import RegistryError
 from .cli_auth import add_auth_commands, open_auth
 from .config import DEFAULT_CONFIG_TOML, ConfigError, GatewayConfig, config_from_dict, load_config
@@ -65,10 +66,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.listeners.tcp_host = "127.0.0.1"
         cfg.listeners.tcp_port = args.mqtt_port
     if args.tls_port is not None:
-        if not (cfg.listeners.tls_cert_file and cfg.listeners.tls_key_file):
-            raise CLIError("--tls-port needs listeners.tls_cert_file and listeners.tls_key_file "
-                           "in the config")
-        cfg.listeners.tls_port = args.tls_port
+        cfg.listeners.tls_port = args.tls_port or None
     logging.basicConfig(level=getattr(logging, (args.log_level or cfg.log_level).upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -124,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the gateway until SIGTERM/SIGINT")
     state_dir_arg(p)
     p.add_argument("--mqtt-port", type=int, help="plaintext MQTT listener on 127.0.0.1:N")
-    p.add_argument("--tls-port", type=int, help="mutual-TLS device listener port")
+    p.add_argument("--tls-port", type=int, help="mutual-TLS device listener port (default "
+                   "8883; 0 turns it off)")
     p.add_argument("--config", help="config file (default: STATE_DIR/config.toml, else "
                    "the embedded defaults)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -143,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, ConfigError, StateDirError, RegistryError, CertificateError) as exc:
+    except (CLIError, ConfigError, StateDirError, RegistryError, CertificateError,
+            PolicyError) as exc:
         print(f"lichen: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -41,12 +41,22 @@ class Listeners:
     tcp_host: str = "127.0.0.1"
     tcp_port: int | None = None               # plaintext; loopback only unless tcp_host says
     tls_host: str = "0.0.0.0"
-    tls_port: int | None = None
+    tls_port: int | None = 8883               # the mutual-TLS device listener
+    # Without these, the gateway's own CA and server certificate (STATE_DIR/pki) are used
+    # and devices are checked against the registry; with them, any client certificate that
+    # chains to tls_ca_file is accepted (no registry, no policies).
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    tls_ca_file: str | None = None            # trust anchors for client certificates
-    tls_require_client_cert: bool = True
+    tls_ca_file: str | None = None
     unix_socket: str | None = None            # path; relative to the state dir
+
+
+@dataclass(slots=True)
+class AuthSettings:
+    loopback_policy: str = "allow-all"        # policy for tcp/unix clients, or "allow-all"
+    server_names: list[str] = field(default_factory=list)  # extra names in the server cert
+    region: str = "local"                     # the region and account of policy ARNs
+    account: str = "000000000000"
 
 
 @dataclass(slots=True)
@@ -60,6 +70,7 @@ class GatewayConfig:
     mqtt: MQTTLimits = field(default_factory=MQTTLimits)
     listeners: Listeners = field(default_factory=Listeners)
     persistence: Persistence = field(default_factory=Persistence)
+    auth: AuthSettings = field(default_factory=AuthSettings)
     log_level: str = "info"
 
 
@@ -93,6 +104,10 @@ def _check(path: str, value: Any, default: Any, annotation: str) -> Any:
         if optional:
             return None
         raise ConfigError(f"{path}: a value is required")
+    if annotation.startswith("list"):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: must be a list of strings, got {value!r}")
+        return list(value)
     if "bool" in annotation:
         if not isinstance(value, bool):
             raise ConfigError(f"{path}: must be true or false, got {value!r}")
@@ -140,11 +155,11 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
 def config_from_dict(data: dict) -> GatewayConfig:
     cfg = _build(GatewayConfig, data, "")
     lst = cfg.listeners
-    if lst.tls_port is not None and not (lst.tls_cert_file and lst.tls_key_file):
-        raise ConfigError("listeners.tls_port: needs listeners.tls_cert_file and "
-                          "listeners.tls_key_file")
-    if lst.tls_port is not None and lst.tls_require_client_cert and not lst.tls_ca_file:
-        raise ConfigError("listeners.tls_require_client_cert: needs listeners.tls_ca_file")
+    given = [n for n in ("tls_cert_file", "tls_key_file", "tls_ca_file") if getattr(lst, n)]
+    if given and len(given) != 3:
+        missing = sorted({"tls_cert_file", "tls_key_file", "tls_ca_file"} - set(given))
+        raise ConfigError(f"listeners.{missing[0]}: needed with {', '.join(given)} "
+                          "(give all three, or none to use the gateway's own CA)")
     return cfg
 
 
@@ -172,6 +187,9 @@ log_level = "info"
 # Plaintext MQTT, loopback only. Devices on the network use the TLS listener.
 tcp_host = "127.0.0.1"
 tcp_port = 1883
+# Mutual TLS for devices: certificates from `lichen device add`, checked against the registry.
+tls_host = "0.0.0.0"
+tls_port = 8883
 # A Unix socket for local processes, relative to the state directory.
 unix_socket = "mqtt.sock"
 
@@ -188,6 +206,12 @@ topic_alias_maximum = 64
 max_retained_messages = 100000
 max_subscriptions_per_client = 1000
 sys_interval = 10
+
+[auth]
+# Policy for clients of the loopback/Unix listeners ("allow-all", or a policy name).
+loopback_policy = "allow-all"
+# Extra DNS names or addresses for the gateway's server certificate.
+server_names = []
 
 [persistence]
 enabled = true

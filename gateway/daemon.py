@@ -12,6 +12,7 @@ import ssl
 import time
 from pathlib import Path
 
+from .auth.service import DeviceAuth
 from .config import GatewayConfig
 from .mqtt.broker import Broker
 from .mqtt.store import BrokerStore
@@ -23,14 +24,14 @@ log = logging.getLogger("lichen.daemon")
 STATUS_INTERVAL = 2.0
 
 
-def tls_context(cfg: GatewayConfig) -> ssl.SSLContext:
+def external_tls_context(cfg: GatewayConfig) -> ssl.SSLContext:
+    """TLS from operator-supplied files: any client certificate chaining to tls_ca_file."""
     lst = cfg.listeners
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(lst.tls_cert_file, lst.tls_key_file)
-    if lst.tls_ca_file:
-        ctx.load_verify_locations(lst.tls_ca_file)
-    ctx.verify_mode = ssl.CERT_REQUIRED if lst.tls_require_client_cert else ssl.CERT_OPTIONAL
+    ctx.load_verify_locations(lst.tls_ca_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED
     return ctx
 
 
@@ -42,6 +43,7 @@ class Gateway:
         self.state_dir = state_dir
         self.lock = StateLock(state_dir)
         self.broker: Broker | None = None
+        self.auth: DeviceAuth | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -51,17 +53,30 @@ class Gateway:
         store = None
         if self.cfg.persistence.enabled:
             store = BrokerStore(self.state_dir / BROKER_DB, self.cfg.persistence.sync)
-        self.broker = Broker(self.cfg.mqtt, store)
-        await self.broker.start()
         lst = self.cfg.listeners
-        if lst.tcp_port is not None:
-            await self.broker.listen_tcp(lst.tcp_host, lst.tcp_port, "tcp")
+        external_tls = bool(lst.tls_cert_file)
+        if not external_tls:
+            a = self.cfg.auth
+            self.auth = DeviceAuth(self.state_dir, loopback_policy=a.loopback_policy,
+                                   server_names=a.server_names, region=a.region,
+                                   account=a.account)
+            await asyncio.get_running_loop().run_in_executor(None, self.auth.prepare)
+        self.broker = Broker(self.cfg.mqtt, store, self.auth)
+        await self.broker.start()
+        if self.auth is not None:
+            await self.auth.start(self.broker)
         if lst.tls_port is not None:
-            ctx = tls_context(self.cfg)
-            await self.broker.listen_tls(lst.tls_host, lst.tls_port, lambda: ctx)
+            if external_tls:
+                ctx = external_tls_context(self.cfg)
+                await self.broker.listen_tls(lst.tls_host, lst.tls_port, lambda: ctx)
+            else:
+                await self.broker.listen_tls(lst.tls_host, lst.tls_port, self.auth.ssl_context)
         if lst.unix_socket:
             path = Path(lst.unix_socket)
             await self.broker.listen_unix(path if path.is_absolute() else self.state_dir / path)
+        # Plaintext last: scripts wait for its port, and then everything else is up too.
+        if lst.tcp_port is not None:
+            await self.broker.listen_tcp(lst.tcp_host, lst.tcp_port, "tcp")
         if not self.broker.listeners:
             log.warning("no listener configured: set listeners.tcp_port or pass --mqtt-port")
         loop = asyncio.get_running_loop()
@@ -106,6 +121,8 @@ class Gateway:
             task.cancel()
         if self.broker is not None:
             await self.broker.stop()
+        if self.auth is not None:
+            await self.auth.stop()
         with contextlib.suppress(OSError):
             final = self.status()
             final["state"] = "stopped"

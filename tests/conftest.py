@@ -52,6 +52,7 @@ class BrokerProcess:
                  extra_args: list[str] | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self.tls_port = free_port()
         self.state_dir = state_dir
         self.config = config
         self.extra_args = extra_args or []
@@ -60,7 +61,7 @@ class BrokerProcess:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "gateway.cli", "run", "--state-dir", str(self.state_dir),
-               "--mqtt-port", str(self.port)]
+               "--mqtt-port", str(self.port), "--tls-port", str(self.tls_port)]
         if self.config is not None:
             cfg = self.state_dir.parent / f"{self.state_dir.name}-config.toml"
             cfg.write_text(self.config)

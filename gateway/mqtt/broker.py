@@ -156,10 +156,10 @@ class Broker:
     async def listen_tls(self, host: str, port: int, context: Callable[[], ssl.SSLContext],
                          name: str = "tls") -> asyncio.AbstractServer:
         """A TLS listener; `context()` gives the SSL context for each new handshake."""
-        from .tls_listener import TLSAcceptor
+        from .tls_listener import TLSProtocol
 
         try:
-            server = await self.loop.create_server(lambda: TLSAcceptor(self, name, context),
+            server = await self.loop.create_server(lambda: TLSProtocol(self, name, context),
                                                    host, port, reuse_address=True,
                                                    backlog=2048)
         except OSError as exc:

@@ -221,6 +221,9 @@ class Connection(asyncio.Protocol):
                 pos += 1
             else:
                 props, pos = decode_properties(body, pos, "publish")
+                if "subscription_identifier" in props:
+                    raise ProtocolError("a client's PUBLISH may not carry a subscription "
+                                        "identifier")
                 alias = props.get("topic_alias")
                 if alias is not None:
                     topic, topic_bytes = self._resolve_alias(alias, topic, topic_bytes)
@@ -249,7 +252,8 @@ class Connection(asyncio.Protocol):
                 # this protocol version: forward those bytes instead of re-encoding.
                 msg.seed_qos0(self.v5, retain, data[frame_start:frame_end])
         perms = self.info.permissions
-        if perms is not None and not perms.can_publish(topic):
+        if perms is not None and not (perms.can_publish(topic) and (
+                not retain or getattr(perms, "can_retain_publish", perms.can_publish)(topic))):
             broker.stats.publish_denied += 1
             log.info("denied PUBLISH by %s to %s", session.client_id, topic)
             if qos:

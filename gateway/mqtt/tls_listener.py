@@ -1,9 +1,9 @@
-"""TLS listener: accept TCP, run the handshake ourselves, then hand the connection to MQTT.
+"""TLS for MQTT connections, driven by hand over ssl.MemoryBIO.
 
-Doing the handshake explicitly (instead of create_server(ssl=...)) lets every refused
-handshake be logged with the peer and OpenSSL's reason (expired, unknown CA, no certificate),
-and lets the SSL context be swapped at run time (new trust anchors, renewed server
-certificate) for new connections.
+The handshake is ours rather than the event loop's, so every refused handshake is logged
+with the peer and OpenSSL's reason (expired, unknown CA, no certificate), the SSL context can
+be swapped at run time (new trust anchors, a renewed server certificate) for new connections,
+and the MQTT Connection above sees an ordinary transport.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .connection import Connection
 
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lichen.mqtt.tls")
 
 HANDSHAKE_TIMEOUT = 10.0
+READ_SIZE = 256 * 1024
 
 
 def describe_tls_error(exc: BaseException) -> str:
@@ -32,13 +33,11 @@ def describe_tls_error(exc: BaseException) -> str:
         if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"):
             return "no client certificate presented"
         return f"TLS error: {reason}"
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "TLS handshake timed out"
-    return f"connection failed during TLS handshake: {exc}"
+    return f"connection failed during TLS handshake: {exc!r}"
 
 
-class TLSAcceptor(asyncio.Protocol):
-    """Owns a freshly accepted TCP connection until its TLS handshake is done."""
+class TLSProtocol(asyncio.Protocol):
+    """Decrypts for, and encrypts from, one MQTT Connection."""
 
     def __init__(self, broker: Broker, listener: str,
                  context: Callable[[], ssl.SSLContext]) -> None:
@@ -46,42 +45,158 @@ class TLSAcceptor(asyncio.Protocol):
         self.listener = listener
         self.context = context
         self.transport: asyncio.Transport | None = None
+        self.inner = Connection(broker, listener)
+        self.handshaking = True
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.peer: Any = None
+
+    # ------------------------------------------------------------------ from the socket
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
         if len(self.broker.connections) >= self.broker.limits.max_connections:
             self.broker.stats.connections_refused += 1
+            self.closed = True
             transport.abort()
             return
-        self.broker.loop.create_task(self._handshake())
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.sslobj = self.context().wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self._timer = self.broker.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
-    def data_received(self, data: bytes) -> None:  # pragma: no cover - start_tls owns reads
-        pass
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.incoming.write(data)
+        if self.handshaking:
+            try:
+                self.sslobj.do_handshake()
+            except ssl.SSLWantReadError:
+                self._send_pending()
+                return
+            except (ssl.SSLError, OSError) as exc:
+                self._send_pending()
+                self._refuse(describe_tls_error(exc))
+                return
+            self.handshaking = False
+            self._timer.cancel()
+            self._send_pending()
+            self.inner.connection_made(_TLSTransport(self))
+        chunks = []
+        while True:
+            try:
+                chunk = self.sslobj.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify from the client
+                self._close()
+                break
+            except ssl.SSLError as exc:
+                log.info("TLS error from %s: %s", self.peer, describe_tls_error(exc))
+                self._close()
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if chunks:
+            self.inner.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        self._send_pending()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        pass
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if not self.handshaking:
+            self.inner.connection_lost(exc)
 
-    async def _handshake(self) -> None:
-        transport = self.transport
-        peer = transport.get_extra_info("peername")
-        conn = Connection(self.broker, self.listener)
-        try:
-            tls_transport = await self.broker.loop.start_tls(
-                transport, conn, self.context(), server_side=True,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-        except (ssl.SSLError, OSError, ConnectionError, TimeoutError) as exc:
-            self.broker.stats.tls_handshake_failures += 1
-            log.warning("refused TLS connection from %s on %s: %s", _peer(peer), self.listener,
-                        describe_tls_error(exc))
-            transport.abort()
+    def pause_writing(self) -> None:
+        if not self.handshaking:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if not self.handshaking:
+            self.inner.resume_writing()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _send_pending(self) -> None:
+        pending = self.outgoing.read()
+        if pending and not self.transport.is_closing():
+            self.transport.write(pending)
+
+    def _refuse(self, why: str) -> None:
+        self.broker.stats.tls_handshake_failures += 1
+        log.warning("refused TLS connection from %s on %s: %s", _peer(self.peer),
+                    self.listener, why)
+        self.closed = True
+        self.transport.close()
+
+    def _handshake_timeout(self) -> None:
+        if self.handshaking and not self.closed:
+            self._refuse(f"no TLS handshake within {HANDSHAKE_TIMEOUT:.0f}s")
+
+    def _close(self) -> None:
+        if not self.closed:
+            try:
+                self.sslobj.unwrap()
+            except ssl.SSLError:
+                pass
+            self._send_pending()
+            self.closed = True
+            self.transport.close()
+
+    def encrypt(self, data: bytes) -> None:
+        if self.closed:
             return
-        if tls_transport is None:
-            transport.abort()
-            return
-        conn.connection_made(tls_transport)
+        self.sslobj.write(data)
+        self._send_pending()
 
 
-def _peer(peer) -> str:
+class _TLSTransport(asyncio.Transport):
+    """What the MQTT Connection writes to: plaintext in, TLS records out."""
+
+    def __init__(self, tls: TLSProtocol) -> None:
+        super().__init__()
+        self._tls = tls
+
+    def write(self, data: bytes) -> None:
+        self._tls.encrypt(data)
+
+    def close(self) -> None:
+        self._tls._close()
+
+    def abort(self) -> None:
+        self._tls.closed = True
+        self._tls.transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._tls.closed or self._tls.transport.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._tls.transport.get_write_buffer_size()
+
+    def pause_reading(self) -> None:
+        self._tls.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._tls.transport.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        sslobj = self._tls.sslobj
+        if name == "ssl_object":
+            return sslobj
+        if name == "sslcontext":
+            return sslobj.context
+        if name == "peercert":
+            return sslobj.getpeercert()
+        if name == "cipher":
+            return sslobj.cipher()
+        return self._tls.transport.get_extra_info(name, default)
+
+
+def _peer(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
         return f"{peer[0]}:{peer[1]}"
     return str(peer)

@@ -29,12 +29,12 @@ def tls_broker(tmp_path):
     ca = LocalCA(tmp_path / "pki")
     server = ca.issue("localhost", server=True)
     port = free_port()
-    config = (f"[listeners]\ntls_host = \"127.0.0.1\"\ntls_port = {port}\n"
+    config = ("[listeners]\ntls_host = \"127.0.0.1\"\n"
               f"tls_cert_file = \"{server.cert}\"\ntls_key_file = \"{server.key}\"\n"
               f"tls_ca_file = \"{ca.files.cert}\"\n")
     b = BrokerProcess(tmp_path / "state", config=config)
-    b.start()
     b.tls_port = port
+    b.start()
     b.ca = ca
     yield b
     b.stop()
