@@ -31,6 +31,7 @@ log = logging.getLogger("lichen.auth")
 
 LOOPBACK_LISTENERS = ("tcp", "unix")
 WATCH_INTERVAL = 0.5
+RENEWAL_CHECK_INTERVAL = 3600.0
 
 
 class DeviceAuth(AuthHooks):
@@ -112,14 +113,28 @@ class DeviceAuth(AuthHooks):
         self.registry.close()
 
     async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_renewal_check = loop.time() + RENEWAL_CHECK_INTERVAL
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             try:
                 if self.registry.data_version() != self._version:
                     self._reload()
                     self._apply_to_live_connections()
+                if loop.time() >= next_renewal_check:
+                    next_renewal_check = loop.time() + RENEWAL_CHECK_INTERVAL
+                    await self.renew_server_certificate()
             except Exception:
                 log.exception("registry reload failed")
+
+    async def renew_server_certificate(self) -> bool:
+        """Re-issue the server certificate if it nears expiry or the host's names changed;
+        new handshakes use it at once, live connections are untouched."""
+        renewed = await asyncio.get_running_loop().run_in_executor(
+            None, self.ca.ensure_server_certificate, self.server_names)
+        if renewed:
+            self._ctx = self._build_context()
+        return renewed
 
     # ------------------------------------------------------------------ decisions
 

@@ -300,3 +300,32 @@ def test_device_from_a_csr_and_a_registered_foreign_certificate(gw):
         time.sleep(0.2)
     assert code == 0
     d.close()
+
+
+def test_server_certificate_renewed_before_expiry(tmp_path):
+    """A server certificate inside the renewal window is replaced; the CA stays."""
+    import asyncio
+
+    from gateway.auth.ca import RENEW_BEFORE
+    from gateway.auth.ca import LocalCA as GatewayCA
+    from gateway.auth.pki import build_certificate, cert_pem, key_pem, new_key, write_private
+    from gateway.auth.service import DeviceAuth
+
+    auth = DeviceAuth(tmp_path)
+    auth.prepare()
+    ca = GatewayCA(tmp_path / "pki")
+    ca.load()
+    first = x509.load_pem_x509_certificate(ca.server_cert_path.read_bytes())
+    assert asyncio.run(auth.renew_server_certificate()) is False  # still fresh
+    key = new_key()
+    days = RENEW_BEFORE.days - 1
+    short = build_certificate("localhost", key.public_key(), ca.certificate, ca.key, days,
+                              server_names=["localhost"])
+    write_private(ca.server_key_path, key_pem(key))
+    ca.server_cert_path.write_bytes(cert_pem(short))
+    assert asyncio.run(auth.renew_server_certificate()) is True
+    renewed = x509.load_pem_x509_certificate(ca.server_cert_path.read_bytes())
+    assert renewed.serial_number not in (first.serial_number, short.serial_number)
+    assert renewed.not_valid_after_utc > short.not_valid_after_utc
+    assert oct(ca.server_key_path.stat().st_mode & 0o777) == "0o600"
+    auth.registry.close()
