@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import time
@@ -58,7 +57,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import run
+    from .daemon import run, setup_logging
 
     state_dir = ensure_state_dir(_state_dir(args))
     cfg = resolve_config(state_dir, args.config)
@@ -67,9 +66,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.listeners.tcp_port = args.mqtt_port
     if args.tls_port is not None:
         cfg.listeners.tls_port = args.tls_port or None
-    logging.basicConfig(level=getattr(logging, (args.log_level or cfg.log_level).upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    if args.discovery_port is not None:
+        if not 0 <= args.discovery_port <= 65535:
+            raise CLIError(f"--discovery-port: must be between 0 and 65535, got "
+                           f"{args.discovery_port}")
+        cfg.discovery.enabled = args.discovery_port != 0
+        cfg.discovery.port = args.discovery_port or cfg.discovery.port
+    setup_logging(args.log_level or cfg.log_level)
     try:
         run(cfg, state_dir)
     except OSError as exc:
@@ -124,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-port", type=int, help="plaintext MQTT listener on 127.0.0.1:N")
     p.add_argument("--tls-port", type=int, help="mutual-TLS device listener port (default "
                    "8883; 0 turns it off)")
+    p.add_argument("--discovery-port", type=int, help="Greengrass discovery (HTTPS) port "
+                   "(default 8443; 0 turns it off)")
     p.add_argument("--config", help="config file (default: STATE_DIR/config.toml, else "
                    "the embedded defaults)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])

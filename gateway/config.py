@@ -6,6 +6,7 @@ ConfigError naming the field, the value and what is allowed, and nothing starts.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -60,6 +61,16 @@ class AuthSettings:
 
 
 @dataclass(slots=True)
+class DiscoverySettings:
+    enabled: bool = True                      # served only with the gateway's own CA
+    host: str = "0.0.0.0"
+    port: int = 8443                          # HTTPS, mutual TLS
+    core_thing_name: str | None = None        # default: the host name
+    group_id: str | None = None               # default: derived from the local CA
+    host_addresses: list[str] = field(default_factory=list)  # default: this host's
+
+
+@dataclass(slots=True)
 class Persistence:
     enabled: bool = True
     sync: str = "normal"                      # SQLite synchronous: "normal" or "full"
@@ -71,6 +82,7 @@ class GatewayConfig:
     listeners: Listeners = field(default_factory=Listeners)
     persistence: Persistence = field(default_factory=Persistence)
     auth: AuthSettings = field(default_factory=AuthSettings)
+    discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     log_level: str = "info"
 
 
@@ -91,6 +103,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "mqtt.sys_interval": (0, 86_400),
     "listeners.tcp_port": (0, 65_535),
     "listeners.tls_port": (0, 65_535),
+    "discovery.port": (1, 65_535),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "persistence.sync": ("normal", "full"),
@@ -160,7 +173,22 @@ def config_from_dict(data: dict) -> GatewayConfig:
         missing = sorted({"tls_cert_file", "tls_key_file", "tls_ca_file"} - set(given))
         raise ConfigError(f"listeners.{missing[0]}: needed with {', '.join(given)} "
                           "(give all three, or none to use the gateway's own CA)")
+    _check_discovery(cfg.discovery)
     return cfg
+
+
+def _check_discovery(d: DiscoverySettings) -> None:
+    if d.core_thing_name is not None and not re.fullmatch(r"[a-zA-Z0-9:_-]{1,128}",
+                                                          d.core_thing_name):
+        raise ConfigError(f"discovery.core_thing_name: must be 1-128 characters of a-z, A-Z, "
+                          f"0-9, ':', '_' and '-', got {d.core_thing_name!r}")
+    if d.group_id is not None and not re.fullmatch(r"[\x21-\x7e]{1,128}", d.group_id):
+        raise ConfigError(f"discovery.group_id: must be 1-128 printable characters without "
+                          f"spaces, got {d.group_id!r}")
+    for addr in d.host_addresses:
+        if not re.fullmatch(r"[A-Za-z0-9.:_%\[\]-]{1,253}", addr):
+            raise ConfigError(f"discovery.host_addresses: {addr!r} is not a host name or "
+                              "address")
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:
@@ -212,6 +240,17 @@ sys_interval = 10
 loopback_policy = "allow-all"
 # Extra DNS names or addresses for the gateway's server certificate.
 server_names = []
+
+[discovery]
+# Greengrass discovery over mutual TLS (GET /greengrass/discover/thing/NAME): tells an
+# enrolled device where the TLS listener is and which CA signed it. Needs tls_port.
+enabled = true
+host = "0.0.0.0"
+port = 8443
+# core_thing_name = "my-gateway"   # default: the host name
+# group_id = "my-group"            # default: derived from the local CA
+# Addresses devices should use (each in auth.server_names too); default: this host's.
+host_addresses = []
 
 [persistence]
 enabled = true

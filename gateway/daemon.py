@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import os
 import signal
 import ssl
+import sys
 import time
 from pathlib import Path
 
+from .auth.discovery import DiscoveryServer
 from .auth.service import DeviceAuth
 from .config import GatewayConfig
 from .mqtt.broker import Broker
@@ -44,6 +47,7 @@ class Gateway:
         self.lock = StateLock(state_dir)
         self.broker: Broker | None = None
         self.auth: DeviceAuth | None = None
+        self.discovery: DiscoveryServer | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -71,6 +75,9 @@ class Gateway:
                 await self.broker.listen_tls(lst.tls_host, lst.tls_port, lambda: ctx)
             else:
                 await self.broker.listen_tls(lst.tls_host, lst.tls_port, self.auth.ssl_context)
+        if self.auth is not None and self.cfg.discovery.enabled:
+            self.discovery = DiscoveryServer(self.auth, self.cfg)
+            await self.discovery.start()
         if lst.unix_socket:
             path = Path(lst.unix_socket)
             await self.broker.listen_unix(path if path.is_absolute() else self.state_dir / path)
@@ -115,20 +122,25 @@ class Gateway:
     async def wait_stopped(self) -> None:
         await self._stopping.wait()
 
-    async def stop(self) -> None:
+    async def stop(self, started: bool = True) -> None:
+        """Stop what was started. After a failed start, quietly: the error is the news."""
         notify("STOPPING=1")
         for task in self._tasks:
             task.cancel()
+        if self.discovery is not None:
+            await self.discovery.stop()
         if self.broker is not None:
             await self.broker.stop()
         if self.auth is not None:
             await self.auth.stop()
-        with contextlib.suppress(OSError):
-            final = self.status()
-            final["state"] = "stopped"
-            write_status(self.state_dir, final)
-        self.lock.release()
-        log.info("gateway stopped")
+        if self.lock.held:  # never touch the status of another gateway's state directory
+            with contextlib.suppress(OSError):
+                final = self.status()
+                final["state"] = "stopped"
+                write_status(self.state_dir, final)
+            self.lock.release()
+        if started:
+            log.info("gateway stopped")
 
 
 async def serve(cfg: GatewayConfig, state_dir: Path) -> None:
@@ -138,9 +150,52 @@ async def serve(cfg: GatewayConfig, state_dir: Path) -> None:
         loop.add_signal_handler(sig, gateway.request_stop)
     try:
         await gateway.start()
+    except BaseException:
+        await gateway.stop(started=False)
+        discard_startup_log()
+        raise
+    release_startup_log()
+    try:
         await gateway.wait_stopped()
     finally:
         await gateway.stop()
+
+
+_startup_buffer: logging.handlers.MemoryHandler | None = None
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr, holding start-up lines back until the gateway is ready: a start that
+    fails then prints just its one error line."""
+    global _startup_buffer
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _startup_buffer = logging.handlers.MemoryHandler(10_000, logging.CRITICAL + 1, stderr,
+                                                     flushOnClose=False)
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, level.upper()))
+    root.addHandler(_startup_buffer)
+
+
+def release_startup_log() -> None:
+    global _startup_buffer
+    buffer = _startup_buffer
+    if buffer is None:
+        return
+    _startup_buffer = None
+    root = logging.getLogger()
+    buffer.flush()
+    root.removeHandler(buffer)
+    root.addHandler(buffer.target)
+
+
+def discard_startup_log() -> None:
+    """A failed start: drop the held-back lines (logging.shutdown would flush them)."""
+    global _startup_buffer
+    if _startup_buffer is not None:
+        _startup_buffer.buffer.clear()
+        logging.getLogger().removeHandler(_startup_buffer)
+        _startup_buffer = None
 
 
 def run(cfg: GatewayConfig, state_dir: Path) -> None:

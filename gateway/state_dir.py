@@ -56,6 +56,10 @@ class StateLock:
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
 
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
     def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

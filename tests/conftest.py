@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-MOSQUITTO = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+MOSQUITTO = shutil.which("mosquitto") or (
+    "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
 
 
 def free_port() -> int:
@@ -53,6 +54,7 @@ class BrokerProcess:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.tls_port = free_port()
+        self.discovery_port = free_port()
         self.state_dir = state_dir
         self.config = config
         self.extra_args = extra_args or []
@@ -62,6 +64,7 @@ class BrokerProcess:
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "gateway.cli", "run", "--state-dir", str(self.state_dir),
                "--mqtt-port", str(self.port), "--tls-port", str(self.tls_port)]
+        cmd += ["--discovery-port", str(self.discovery_port)]
         if self.config is not None:
             cfg = self.state_dir.parent / f"{self.state_dir.name}-config.toml"
             cfg.write_text(self.config)

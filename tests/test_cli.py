@@ -310,14 +310,7 @@ def test_port_in_use_fails_with_an_error_naming_it(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-ONE_LINE_BUG = (
-    "bug: a start-up that fails after logging is configured prints log lines too - "
-    "gateway.daemon.serve() runs Gateway.stop() in `finally` even when start() failed, "
-    "which logs 'gateway stopped' (and the port case also logs 'restored ... sessions' "
-    "at INFO) on stderr before the `lichen: ...` line")
 
-
-@pytest.mark.xfail(reason=ONE_LINE_BUG, strict=True)
 @pytest.mark.parametrize("failure", ["second-run", "port-in-use"])
 def test_failed_start_prints_exactly_one_line(tmp_path: Path, runs, failure: str) -> None:
     state = tmp_path / "state"

@@ -52,6 +52,7 @@ class DeviceAuth(AuthHooks):
         self._policies: dict[str, Policy] = {}
         self._trust_key: tuple = ()
         self._version = -1
+        self._reloaded = False
         self._task: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -87,6 +88,7 @@ class DeviceAuth(AuthHooks):
     def _reload(self) -> None:
         reg = self.registry
         self._version = reg.data_version()
+        self._reloaded = True
         self._certs = {c.id: c for c in reg.certificates()}
         self._things = {t.name: t for t in reg.list_things()}
         policies = {}
@@ -120,6 +122,8 @@ class DeviceAuth(AuthHooks):
             try:
                 if self.registry.data_version() != self._version:
                     self._reload()
+                if self._reloaded:  # here or by a connect that saw a new certificate
+                    self._reloaded = False
                     self._apply_to_live_connections()
                 if loop.time() >= next_renewal_check:
                     next_renewal_check = loop.time() + RENEWAL_CHECK_INTERVAL

@@ -271,8 +271,9 @@ class Broker:
             old.close(rc.SESSION_TAKEN_OVER, "another connection took over this client id")
             self.client_gone(old)
             existing = self.sessions.get(client_id)
-        session_present = False
+        session_present = dropped = False
         if existing is not None and packet.clean_start:
+            dropped = existing.stored
             self._drop_session(existing, publish_will=True)
             existing = None
         if existing is not None:
@@ -292,6 +293,15 @@ class Broker:
         session.perms = info.permissions
         conn.info = info
         props = conn.apply_connect(packet, session)
+        if self.store is not None and (session.persistent or session.stored or dropped):
+            # The CONNACK promises the session (or a clean one): send it once the store has
+            # it, and everything after it behind it.
+            if session.persistent:
+                self._save_session(session)
+            elif session.stored:
+                self.store.delete_session(client_id)
+                session.stored = False
+            conn.gate_output_until_commit()
         if v5:
             if assigned:
                 props["assigned_client_identifier"] = assigned
@@ -299,12 +309,6 @@ class Broker:
                 props["session_expiry_interval"] = expiry
         conn.send_packet(pk.Connack(session_present, rc.SUCCESS, props))
         self.stats.connects += 1
-        if self.store is not None:
-            if session.persistent:
-                self._save_session(session)
-            elif session.stored:
-                self.store.delete_session(client_id)
-                session.stored = False
         if session_present:
             conn.resend_inflight()
             conn.fill_window()
@@ -342,7 +346,7 @@ class Broker:
         if session is None or session.conn is not conn:
             return
         session.conn = None
-        will = None if conn.clean_disconnect else conn.will
+        will = conn.will  # a DISCONNECT cleared it unless its reason was 0x04
         if will is not None:
             if conn.will_delay and session.persistent:
                 session.will = will
@@ -415,9 +419,12 @@ class Broker:
         self._cache.clear()
         return rc.SUCCESS
 
-    def subscriptions_changed(self, session: Session) -> None:
+    def subscriptions_changed(self, session: Session) -> bool:
+        """Persist a durable session's subscriptions; True if the ack must await it."""
         if self.store is not None and session.persistent:
             self._save_session(session)
+            return True
+        return False
 
     def deliver_retained(self, session: Session, topic_filter: str, opts: SubOptions) -> None:
         group, inner = parse_shared(topic_filter)
@@ -440,7 +447,7 @@ class Broker:
                 if session.conn is not None:
                     session.conn.send_qos0(msg, True, sub_ids)
             else:
-                self.deliver(session, msg, qos, True, sub_ids)
+                self.deliver(session, msg, qos, True, sub_ids, from_retained=True)
 
     # ================================================================ routing
 
@@ -526,7 +533,7 @@ class Broker:
         return items[turn % n]
 
     def deliver(self, session: Session, msg: Message, qos: int, retain: bool,
-                sub_ids: tuple[int, ...]) -> bool:
+                sub_ids: tuple[int, ...], from_retained: bool = False) -> bool:
         """A QoS 1/2 delivery to one session; True if it was written to the store."""
         item = Outgoing(msg, qos, retain, sub_ids, None)
         durable = False
@@ -537,7 +544,7 @@ class Broker:
         conn = session.conn
         if conn is not None and not session.queue and len(session.inflight) < conn.send_quota:
             conn.send_outgoing(item)
-        elif not session.enqueue(item):
+        elif not session.enqueue(item, from_retained):
             self.stats.dropped_queue_full += 1
             if session.dropped % 1000 == 1:
                 log.warning("queue of %s full (%d): dropping messages", session.client_id,
@@ -577,7 +584,7 @@ class Broker:
     # ================================================================ timers
 
     async def _sweeper(self) -> None:
-        """Keepalive, connect timeout, delayed wills and session expiry, twice a second."""
+        """Connect timeout, delayed wills and session expiry, twice a second."""
         while True:
             await asyncio.sleep(0.5)
             try:
@@ -591,15 +598,10 @@ class Broker:
         for conn in list(self.connections):
             if conn.closed:
                 continue
-            if conn.session is None:
-                if loop_now - conn.opened_at > timeout:
-                    log.info("no CONNECT from %s within %.0fs: closing", conn.peer, timeout)
-                    conn.closed = True
-                    conn.transport.abort()
-            elif conn.keepalive and loop_now - conn.last_rx > conn.keepalive * 1.5:
-                self.stats.keepalive_timeouts += 1
-                log.info("keepalive timeout for %s", conn.client_id)
-                conn.close(rc.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+            if conn.session is None and loop_now - conn.opened_at > timeout:
+                log.info("no CONNECT from %s within %.0fs: closing", conn.peer, timeout)
+                conn.closed = True
+                conn.transport.abort()
         now = time.time()
         for session in list(self.offline.values()):
             if session.will is not None and session.will_due is not None \

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("lichen.mqtt")
 
+READ_BUDGET_PER_TURN = 256 * 1024
+
 
 class Connection(asyncio.Protocol):
     def __init__(self, broker: Broker, listener: str) -> None:
@@ -39,7 +41,7 @@ class Connection(asyncio.Protocol):
         self.last_rx = 0.0
         self.opened_at = 0.0
         self.closed = False
-        self.clean_disconnect = False
+        self._keepalive_timer: asyncio.TimerHandle | None = None
         self.will: Message | None = None
         self.will_delay = 0
         self.send_quota = broker.limits.max_inflight
@@ -51,6 +53,9 @@ class Connection(asyncio.Protocol):
         self._buf = b""
         self._out: list[bytes] | None = None
         self._held_acks: list[list] = []          # [bytes, ready] waiting for a store commit
+        self._gated: list[bytes] | None = None    # all output held until a store commit
+        self._turn_bytes = 0                      # read this loop turn (fairness budget)
+        self._yielding = False
         self._paused = False
         self.peer = None
 
@@ -76,6 +81,12 @@ class Connection(asyncio.Protocol):
         broker = self.broker
         self.last_rx = broker.loop.time()
         broker.stats.bytes_received += len(data)
+        self._turn_bytes += len(data)
+        if self._turn_bytes > READ_BUDGET_PER_TURN and not self._yielding:
+            # Let other clients' packets and the timers in before reading more from this one.
+            self._yielding = True
+            self.transport.pause_reading()
+            broker.loop.call_soon(self._end_yield)
         if self._buf:
             data = self._buf + data
             self._buf = b""
@@ -99,6 +110,8 @@ class Connection(asyncio.Protocol):
                     start, end = frame
                 if first >> 4 == 3 and self.session is not None:
                     self._on_publish(first, mv[start:end], data, pos, end)
+                elif first == 0x40 and end - start == 2 and self.session is not None:
+                    self._puback_received((data[start] << 8) | data[start + 1])
                 else:
                     self._on_packet(pk.decode(first, mv[start:end], self.version))
                 pos = end
@@ -116,8 +129,32 @@ class Connection(asyncio.Protocol):
         finally:
             mv.release()
 
+    def _arm_keepalive(self) -> None:
+        # One timer per keepalive period (not per packet): when it fires, it checks the
+        # time of the last byte received and re-arms for that byte's own deadline.
+        deadline = self.last_rx + self.keepalive * 1.5
+        self._keepalive_timer = self.broker.loop.call_at(deadline, self._keepalive_check)
+
+    def _keepalive_check(self) -> None:
+        if self.closed:
+            return
+        if self.broker.loop.time() >= self.last_rx + self.keepalive * 1.5:
+            self.broker.stats.keepalive_timeouts += 1
+            log.info("keepalive timeout for %s (%ds)", self.client_id, self.keepalive)
+            self.close(rc.KEEP_ALIVE_TIMEOUT, "keep alive timeout")
+        else:
+            self._arm_keepalive()
+
+    def _end_yield(self) -> None:
+        self._yielding = False
+        self._turn_bytes = 0
+        if not self._paused and not self.closed:
+            self.transport.resume_reading()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
         self.broker.connections.discard(self)
         if self.session is not None:
             self.broker.client_gone(self)
@@ -130,18 +167,33 @@ class Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._paused = False
-        if self.transport is not None and not self.closed:
+        if self.transport is not None and not self.closed and not self._yielding:
             self.transport.resume_reading()
 
     # ------------------------------------------------------------------ output
 
     def write(self, data: bytes) -> None:
+        if self._gated is not None:
+            self._gated.append(data)
+            return
         out = self._out
         if out is None:
             self._out = [data]
             self.broker.loop.call_soon(self._flush)
         else:
             out.append(data)
+
+    def gate_output_until_commit(self) -> None:
+        """Hold everything written from now on until the store has committed what is
+        queued so far (a CONNACK for a session that must be durable first)."""
+        if self._gated is None:
+            self._gated = []
+            self.broker.store.after_commit(self._open_gate)
+
+    def _open_gate(self) -> None:
+        gated, self._gated = self._gated, None
+        for data in gated or ():
+            self.write(data)
 
     def _flush(self) -> None:
         out = self._out
@@ -374,16 +426,15 @@ class Connection(asyncio.Protocol):
             self.send_outgoing(queue.popleft())
 
     def resend_inflight(self) -> None:
-        """On session resumption: everything unacknowledged goes again, in order."""
-        session = self.session
-        pending = list(session.inflight.values())
-        session.inflight.clear()
-        for item in pending:
+        """On session resumption: everything unacknowledged goes again, in order, under
+        its original packet id [MQTT-4.4.0-1]: PUBLISH with DUP, or PUBREL."""
+        for pid, item in self.session.inflight.items():
             if item.awaiting_pubcomp:
-                session.inflight[item.packet_id] = item
-                self.send_packet(pk.Pubrel(item.packet_id))
+                self.send_packet(pk.Pubrel(pid))
             else:
-                self.send_outgoing(item)
+                self.broker.stats.messages_sent += 1
+                self.write(self._encode_out(item.message, item.qos, item.retain, pid, True,
+                                            item.sub_ids))
 
     # ------------------------------------------------------------------ other packets
 
@@ -403,11 +454,16 @@ class Connection(asyncio.Protocol):
         raise ProtocolError("second CONNECT on one connection")
 
     def _on_puback(self, packet: pk.Puback) -> None:
+        self._puback_received(packet.packet_id)
+
+    def _puback_received(self, packet_id: int) -> None:
         session = self.session
-        item = session.inflight.get(packet.packet_id)
+        item = session.inflight.get(packet_id)
         if item is None or item.qos != 1:
+            if packet_id == 0:
+                raise MalformedPacket("PUBACK packet identifier 0")
             return  # unknown id: nothing to do (spec allows ignoring)
-        del session.inflight[packet.packet_id]
+        del session.inflight[packet_id]
         self.broker.forget(session, item)
         if session.queue:
             self.fill_window()
@@ -462,15 +518,16 @@ class Connection(asyncio.Protocol):
             codes.append(code)
             if deliver_retained:
                 retained_for.append((sub.topic_filter, session.subscriptions[sub.topic_filter]))
-        self.send_packet(pk.Suback(packet.packet_id, codes))
-        broker.subscriptions_changed(session)
+        durable = broker.subscriptions_changed(session)
+        self._send_ack(pk.encode(pk.Suback(packet.packet_id, codes), self.version), durable)
         for topic_filter, opts in retained_for:
             broker.deliver_retained(session, topic_filter, opts)
 
     def _on_unsubscribe(self, packet: pk.Unsubscribe) -> None:
         codes = [self.broker.unsubscribe(self.session, f) for f in packet.topic_filters]
-        self.broker.subscriptions_changed(self.session)
-        self.send_packet(pk.Unsuback(packet.packet_id, codes if self.v5 else []))
+        durable = self.broker.subscriptions_changed(self.session)
+        self._send_ack(pk.encode(pk.Unsuback(packet.packet_id, codes if self.v5 else []),
+                                 self.version), durable)
 
     def _on_pingreq(self, packet: pk.Pingreq) -> None:
         self.write(b"\xd0\x00")
@@ -484,7 +541,6 @@ class Connection(asyncio.Protocol):
             session.expiry_interval = self.broker.cap_expiry(expiry)
         if packet.reason_code != rc.DISCONNECT_WITH_WILL:
             self.will = None
-        self.clean_disconnect = True
         self._flush()
         self.closed = True
         self.transport.close()
@@ -509,7 +565,8 @@ class Connection(asyncio.Protocol):
             self.out_alias_max = min(cp.get("topic_alias_maximum", 0),
                                      limits.max_topic_aliases_out)
             self.problem_info = cp.get("request_problem_information", 1) == 1
-            if packet.keepalive > limits.max_keepalive:
+            if packet.keepalive > limits.max_keepalive or \
+                    (packet.keepalive == 0 and limits.max_keepalive < 65535):
                 self.keepalive = limits.max_keepalive
                 props["server_keep_alive"] = limits.max_keepalive
             props["receive_maximum"] = limits.receive_maximum
@@ -518,6 +575,8 @@ class Connection(asyncio.Protocol):
                 props["topic_alias_maximum"] = limits.topic_alias_maximum
             if not limits.retain_available:
                 props["retain_available"] = 0
+        if self.keepalive:
+            self._arm_keepalive()
         if packet.will is not None:
             w = packet.will
             self.will = Message.from_publish_properties(w.topic, w.payload, w.qos, w.retain,

@@ -92,9 +92,11 @@ class Session:
         self._next_packet_id = pid + 1 if pid < 65535 else 1
         return pid
 
-    def enqueue(self, item: Outgoing) -> bool:
-        """Queue a delivery for later; False (and counted) when the queue is full."""
-        if len(self.queue) >= self.max_queued:
+    def enqueue(self, item: Outgoing, force: bool = False) -> bool:
+        """Queue a delivery for later; False (and counted) when the queue is full.
+        `force` is for retained messages sent on subscribe: the retained store's own bound
+        (max_retained_messages) limits those, not the live-traffic queue."""
+        if len(self.queue) >= self.max_queued and not force:
             self.dropped += 1
             return False
         self.queue.append(item)

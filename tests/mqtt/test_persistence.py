@@ -428,11 +428,6 @@ def test_partially_received_session_resumes_after_kill(broker: BrokerProcess,
     assert sub.payloads() == [b"%03d" % i for i in range(100, 150)]
 
 
-STATE_ACK_NOT_DURABLE = (
-    "broker bug: SUBACK and CONNACK are sent before the session change they acknowledge is "
-    "committed (Broker.subscriptions_changed / handle_connect queue store writes but do not "
-    "hold the ack for store.after_commit as PUBACK does), so kill -9 loses it")
-
 
 def load_store(make: Callable[..., Client], broker: BrokerProcess) -> None:
     """Give the store's writer a backlog: 30 MB of retained QoS 0 writes (not waited for)."""
@@ -446,7 +441,6 @@ def load_store(make: Callable[..., Client], broker: BrokerProcess) -> None:
     load.publish_acked(uid("nobody") + "/t", b"sync", qos=1)
 
 
-@pytest.mark.xfail(reason=STATE_ACK_NOT_DURABLE, strict=True)
 def test_subscription_acknowledged_under_store_load_survives_kill(broker: BrokerProcess,
                                                                   clients) -> None:
     """A SUBACKed subscription of a persistent session is there after kill -9, even when
@@ -468,7 +462,6 @@ def test_subscription_acknowledged_under_store_load_survives_kill(broker: Broker
     assert sub.wait_messages(1, 3), "the acknowledged subscription was lost"
 
 
-@pytest.mark.xfail(reason=STATE_ACK_NOT_DURABLE, strict=True)
 def test_session_acknowledged_under_store_load_survives_kill(broker: BrokerProcess,
                                                              clients) -> None:
     """A persistent session the CONNACK confirmed is there after kill -9, even when the

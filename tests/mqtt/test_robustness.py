@@ -638,11 +638,6 @@ def test_flooding_client_does_not_stop_others_round_trips(gw: BrokerProcess, raw
     assert_healthy(gw)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "broker bug: a flooding client starves the event loop under uvloop - libuv reads a "
-    "readable stream up to 32 times per loop turn and Connection.data_received never yields "
-    "(no per-turn budget / pause_reading), so one client's ~8 MB of PUBLISHes run before "
-    "anyone else's packet or any timer: round trips take ~2.5 s (0.1 s on the stdlib loop)"))
 def test_flooding_client_does_not_slow_others_round_trips(gw: BrokerProcess, raws) -> None:
     """Round trips under a flood stay interactive (mosquitto: ~0.1 s on the same host)."""
     times, _ = round_trips_under_flood(gw, raws, duration=6, trip_timeout=10)
