@@ -10,14 +10,11 @@ import time
 import tomllib
 from pathlib import Path
 
-from .auth.pki import CertificateError
-from .auth.policy import PolicyError
-from .auth.registry import RegistryError
-from .cli_auth import add_auth_commands, open_auth
-from .config import DEFAULT_CONFIG_TOML, ConfigError, GatewayConfig, config_from_dict, load_config
+from .cli_auth import add_auth_commands
+from .config import DEFAULT_CONFIG_TOML, GatewayConfig, config_from_dict, load_config
+from .errors import UserError
 from .state_dir import (
     CONFIG_NAME,
-    StateDirError,
     default_state_dir,
     ensure_state_dir,
     is_running,
@@ -25,7 +22,7 @@ from .state_dir import (
 )
 
 
-class CLIError(Exception):
+class CLIError(UserError):
     """Reported as one line on stderr, exit status 1."""
 
 
@@ -51,6 +48,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         return 0
     cfg_path.write_text(DEFAULT_CONFIG_TOML)
     os.chmod(cfg_path, 0o600)
+    from .auth.commands import open_auth
+
     open_auth(state_dir)
     print(f"initialised {state_dir}")
     return 0
@@ -147,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, ConfigError, StateDirError, RegistryError, CertificateError,
-            PolicyError) as exc:
+    except UserError as exc:
         print(f"lichen: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

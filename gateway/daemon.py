@@ -13,14 +13,18 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .auth.discovery import DiscoveryServer
-from .auth.service import DeviceAuth
+from .auth.default_policies import ALLOW_ALL_NAME
 from .config import GatewayConfig
 from .mqtt.broker import Broker
 from .mqtt.store import BrokerStore
 from .state_dir import BROKER_DB, StateLock, ensure_state_dir, write_status
 from .systemd_notify import notify, watchdog_interval
+
+if TYPE_CHECKING:
+    from .auth.discovery import DiscoveryServer
+    from .auth.service import DeviceAuth
 
 log = logging.getLogger("lichen.daemon")
 
@@ -59,7 +63,12 @@ class Gateway:
             store = BrokerStore(self.state_dir / BROKER_DB, self.cfg.persistence.sync)
         lst = self.cfg.listeners
         external_tls = bool(lst.tls_cert_file)
-        if not external_tls:
+        # Device auth (and with it `cryptography`) only when something needs it: the TLS
+        # device listener, or a named policy for loopback clients.
+        if not external_tls and (lst.tls_port is not None
+                                 or self.cfg.auth.loopback_policy != ALLOW_ALL_NAME):
+            from .auth.service import DeviceAuth
+
             a = self.cfg.auth
             self.auth = DeviceAuth(self.state_dir, loopback_policy=a.loopback_policy,
                                    server_names=a.server_names, region=a.region,
@@ -76,6 +85,8 @@ class Gateway:
             else:
                 await self.broker.listen_tls(lst.tls_host, lst.tls_port, self.auth.ssl_context)
         if self.auth is not None and self.cfg.discovery.enabled:
+            from .auth.discovery import DiscoveryServer
+
             self.discovery = DiscoveryServer(self.auth, self.cfg)
             await self.discovery.start()
         if lst.unix_socket:

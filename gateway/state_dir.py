@@ -7,13 +7,17 @@ import json
 import os
 from pathlib import Path
 
+from .errors import UserError
+
 CONFIG_NAME = "config.toml"
 BROKER_DB = "broker.sqlite3"
 STATUS_NAME = "status.json"
 LOCK_NAME = "lichen.lock"
+PKI_DIR = "pki"
+REGISTRY_DB = "registry.sqlite3"
 
 
-class StateDirError(RuntimeError):
+class StateDirError(UserError, RuntimeError):
     pass
 
 

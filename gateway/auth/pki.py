@@ -13,11 +13,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..errors import UserError
+
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 MIN_RSA_BITS = 2048
 
 
-class CertificateError(ValueError):
+class CertificateError(UserError, ValueError):
     """A certificate, key or CSR that cannot be used; the message says why."""
 
 

@@ -58,6 +58,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
+from ..errors import UserError
+
 __all__ = [
     "ACTIONS", "CONNECT", "PUBLISH", "RECEIVE", "RETAIN_PUBLISH", "SUBSCRIBE",
     "MAX_POLICY_CHARS", "MAX_STATEMENTS", "RESOURCE_TYPES", "VERSION",
@@ -92,7 +94,7 @@ _SPECIAL_VARIABLES = {"*": "*", "?": "?", "$": "$"}
 _JSON_WHITESPACE = " \t\n\r"
 
 
-class PolicyError(ValueError):
+class PolicyError(UserError, ValueError):
     """An invalid policy document. `path` names the part at fault (`Statement[1].Effect`)."""
 
     def __init__(self, path: str, reason: str, policy: str = "") -> None:

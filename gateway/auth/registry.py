@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from ..errors import UserError
 from .pki import cert_pem, common_name, fingerprint, load_cert_pem
 
 SCHEMA = """
@@ -39,7 +40,7 @@ ATTRIBUTE_VALUE = re.compile(r"^[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}$")
 MAX_ATTRIBUTES = 50
 
 
-class RegistryError(ValueError):
+class RegistryError(UserError, ValueError):
     """A registry request that cannot be done; the message says what and why."""
 
 

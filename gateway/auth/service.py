@@ -21,6 +21,7 @@ from cryptography import x509
 
 from ..mqtt import reason_codes as rc
 from ..mqtt.auth_hooks import AuthHooks, ClientInfo
+from ..state_dir import PKI_DIR, REGISTRY_DB
 from .ca import LocalCA
 from .default_policies import ALLOW_ALL_NAME, DEVICE_POLICY, DEVICE_POLICY_NAME
 from .pki import common_name, fingerprint_der
@@ -38,8 +39,6 @@ class DeviceAuth(AuthHooks):
     def __init__(self, state_dir: Path, *, loopback_policy: str = ALLOW_ALL_NAME,
                  server_names: list[str] | None = None, region: str = "local",
                  account: str = "000000000000") -> None:
-        from ..cli_auth import PKI_DIR, REGISTRY_DB
-
         self.ca = LocalCA(state_dir / PKI_DIR)
         self.registry = Registry(state_dir / REGISTRY_DB)
         self.engine = PolicyEngine(region=region, account=account)
