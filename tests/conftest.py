@@ -1,9 +1,9 @@
 """Shared fixtures: real brokers on 127.0.0.1, started as separate processes.
 
 `broker` is a Lichen gateway (`lichen run --state-dir DIR --mqtt-port N`). Tests that check
-behaviour a standards-conformant broker must have can use `any_broker`, which runs them
-against Lichen and, where the Debian package is installed, against mosquitto too, so the
-test itself is checked against the reference broker.
+behaviour a standards-conformant broker must have use `any_broker`: Lichen, and with
+LICHEN_TEST_MOSQUITTO=1 (and the Debian package installed) mosquitto too, which checks the
+tests themselves against the reference broker.
 """
 
 from __future__ import annotations
@@ -50,11 +50,12 @@ class BrokerProcess:
     name = "lichen"
 
     def __init__(self, state_dir: Path, port: int | None = None, config: str | None = None,
-                 extra_args: list[str] | None = None) -> None:
+                 extra_args: list[str] | None = None, tls: bool = True) -> None:
         self.host = "127.0.0.1"
         self.port = port or free_port()
-        self.tls_port = free_port()
-        self.discovery_port = free_port()
+        # tls=False: plaintext only, no device auth (a faster start for pure MQTT tests)
+        self.tls_port = free_port() if tls else 0
+        self.discovery_port = free_port() if tls else 0
         self.state_dir = state_dir
         self.config = config
         self.extra_args = extra_args or []
@@ -128,14 +129,14 @@ class MosquittoProcess(BrokerProcess):
 
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[BrokerProcess]:
-    b = BrokerProcess(tmp_path / "state").start()
+    b = BrokerProcess(tmp_path / "state", tls=False).start()
     yield b
     b.stop()
 
 
 def _broker_params() -> list:
     params = ["lichen"]
-    if MOSQUITTO and os.environ.get("LICHEN_SKIP_MOSQUITTO") != "1":
+    if MOSQUITTO and os.environ.get("LICHEN_TEST_MOSQUITTO") == "1":
         params.append("mosquitto")
     return params
 
@@ -143,6 +144,6 @@ def _broker_params() -> list:
 @pytest.fixture(params=_broker_params())
 def any_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BrokerProcess]:
     cls = MosquittoProcess if request.param == "mosquitto" else BrokerProcess
-    b = cls(tmp_path / "state").start()
+    b = cls(tmp_path / "state", tls=False).start()
     yield b
     b.stop()

@@ -31,7 +31,7 @@ from urllib.parse import unquote
 
 from ..mqtt import reason_codes as rc
 from ..mqtt.auth_hooks import ClientInfo
-from ..mqtt.tls_listener import describe_tls_error
+from ..tls_session import ServerTLS, describe_tls_error
 from .ca import host_names
 from .pki import fingerprint, load_cert_pem, san_names
 from .registry import THING_NAME
@@ -50,7 +50,6 @@ REQUEST_TIMEOUT = 10.0          # from accept to a complete request (handshake i
 LINGER_TIMEOUT = 2.0            # after answering: how long unread input is drained
 MAX_CONNECTIONS = 256           # concurrent discovery connections
 ADDRESS_REFRESH = 60.0          # seconds between looks at the host's addresses
-READ_SIZE = 64 * 1024
 
 _REQUEST_LINE = re.compile(rb"([A-Z]{1,16}) ([\x21-\x7e]+) HTTP/(1\.[01])")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -364,11 +363,9 @@ class _DiscoveryProtocol(asyncio.Protocol):
             transport.abort()
             return
         self.server.connections.add(self)
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
         try:
-            ctx = self.server.auth.ssl_context()
-            self.sslobj = ctx.wrap_bio(self.incoming, self.outgoing, server_side=True)
+            self.tls = ServerTLS(self.server.auth.ssl_context())
+            self.sslobj = self.tls.sslobj
         except Exception:
             log.exception("discovery: cannot set up TLS")
             self.abort()
@@ -378,38 +375,25 @@ class _DiscoveryProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closed or self.answered:
             return  # answered: draining what the client still sends, before closing
-        self.incoming.write(data)
-        if self.handshaking:
-            try:
-                self.sslobj.do_handshake()
-            except ssl.SSLWantReadError:
-                self._send_pending()
-                return
-            except (ssl.SSLError, OSError) as exc:
-                self._send_pending()
+        try:
+            received = self.tls.receive(data, limit=MAX_HEAD + 4 - len(self.buffer))
+        except (ssl.SSLError, OSError) as exc:
+            self._send_pending()
+            if self.handshaking:
                 log.warning("refused discovery TLS connection from %s: %s", self.peer,
                             describe_tls_error(exc))
-                self._close_now()
-                return
+            else:
+                log.info("discovery: TLS error from %s: %s", self.peer,
+                         describe_tls_error(exc))
+            self._close_now()
+            return
+        if received.handshake_done:
             self.handshaking = False
-            self._send_pending()
-        while True:
-            try:
-                chunk = self.sslobj.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:
-                self._close_now()
-                return
-            except ssl.SSLError as exc:
-                log.info("discovery: TLS error from %s: %s", self.peer, describe_tls_error(exc))
-                self._close_now()
-                return
-            if not chunk:
-                break
+        for chunk in received.plaintext:
             self.buffer += chunk
-            if len(self.buffer) > MAX_HEAD + 4:
-                break
+        if received.closed:
+            self._close_now()
+            return
         self._send_pending()
         end = self.buffer.find(b"\r\n\r\n")
         if _BARE_LF.search(self.buffer, 0, end if end >= 0 else len(self.buffer)):
@@ -460,9 +444,8 @@ class _DiscoveryProtocol(asyncio.Protocol):
             response = render_response(status, body, headers, self.head)
         self.answered = True
         try:
-            self.sslobj.write(response)
-            with contextlib.suppress(ssl.SSLError):
-                self.sslobj.unwrap()
+            self.tls.write(response)
+            self.tls.unwrap()
         except (ssl.SSLError, OSError) as exc:
             log.info("discovery: cannot answer %s: %s", self.peer, describe_tls_error(exc))
             self._close_now()
@@ -488,7 +471,7 @@ class _DiscoveryProtocol(asyncio.Protocol):
                                  self.peer))
 
     def _send_pending(self) -> None:
-        pending = self.outgoing.read()
+        pending = self.tls.pending()
         if pending and not self.transport.is_closing():
             self.transport.write(pending)
 

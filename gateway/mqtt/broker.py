@@ -139,28 +139,21 @@ class Broker:
         log.info("restored %d retained messages and %d sessions", len(self.retained),
                  len(self.sessions))
 
-    async def listen_tcp(self, host: str, port: int, name: str = "tcp",
-                         ssl_context: ssl.SSLContext | None = None) -> asyncio.AbstractServer:
-        try:
-            server = await self.loop.create_server(lambda: Connection(self, name), host, port,
-                                                   ssl=ssl_context, reuse_address=True,
-                                                   backlog=2048)
-        except OSError as exc:
-            raise OSError(exc.errno, f"{name} listener on {host}:{port}: "
-                          f"{exc.strerror or exc}") from None
-        self.servers.append(server)
-        self.listeners.append(f"{name} {host}:{port}")
-        log.info("listening (%s) on %s:%d", name, host, port)
-        return server
+    async def listen_tcp(self, host: str, port: int, name: str = "tcp") -> asyncio.AbstractServer:
+        """Plaintext MQTT on host:port."""
+        return await self._listen(lambda: Connection(self, name), host, port, name)
 
     async def listen_tls(self, host: str, port: int, context: Callable[[], ssl.SSLContext],
                          name: str = "tls") -> asyncio.AbstractServer:
-        """A TLS listener; `context()` gives the SSL context for each new handshake."""
+        """MQTT over TLS; `context()` gives the SSL context for each new handshake."""
         from .tls_listener import TLSProtocol
 
+        return await self._listen(lambda: TLSProtocol(self, name, context), host, port, name)
+
+    async def _listen(self, factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                      name: str) -> asyncio.AbstractServer:
         try:
-            server = await self.loop.create_server(lambda: TLSProtocol(self, name, context),
-                                                   host, port, reuse_address=True,
+            server = await self.loop.create_server(factory, host, port, reuse_address=True,
                                                    backlog=2048)
         except OSError as exc:
             raise OSError(exc.errno, f"{name} listener on {host}:{port}: "

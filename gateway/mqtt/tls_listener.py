@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..tls_session import ServerTLS, describe_tls_error
 from .connection import Connection
 
 if TYPE_CHECKING:
@@ -22,18 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("lichen.mqtt.tls")
 
 HANDSHAKE_TIMEOUT = 10.0
-READ_SIZE = 256 * 1024
-
-
-def describe_tls_error(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"client certificate rejected: {exc.verify_message}"
-    if isinstance(exc, ssl.SSLError):
-        reason = exc.reason or str(exc)
-        if reason in ("PEER_DID_NOT_RETURN_A_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"):
-            return "no client certificate presented"
-        return f"TLS error: {reason}"
-    return f"connection failed during TLS handshake: {exc!r}"
 
 
 class TLSProtocol(asyncio.Protocol):
@@ -61,48 +50,33 @@ class TLSProtocol(asyncio.Protocol):
             self.closed = True
             transport.abort()
             return
-        self.incoming = ssl.MemoryBIO()
-        self.outgoing = ssl.MemoryBIO()
-        self.sslobj = self.context().wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.tls = ServerTLS(self.context())
+        self.sslobj = self.tls.sslobj
         self._timer = self.broker.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        self.incoming.write(data)
-        if self.handshaking:
-            try:
-                self.sslobj.do_handshake()
-            except ssl.SSLWantReadError:
-                self._send_pending()
-                return
-            except (ssl.SSLError, OSError) as exc:
-                self._send_pending()
-                self._refuse(describe_tls_error(exc))
-                return
-            self.handshaking = False
-            self._timer.cancel()
+        try:
+            received = self.tls.receive(data)
+        except (ssl.SSLError, OSError) as exc:
             self._send_pending()
-            self.inner.connection_made(_TLSTransport(self))
-        chunks = []
-        while True:
-            try:
-                chunk = self.sslobj.read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLZeroReturnError:  # close_notify from the client
-                self._close()
-                break
-            except ssl.SSLError as exc:
+            if self.handshaking:
+                self._refuse(describe_tls_error(exc))
+            else:
                 log.info("TLS error from %s: %s", self.peer, describe_tls_error(exc))
                 self._close()
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
+            return
+        self._send_pending()
+        if received.handshake_done:
+            self.handshaking = False
+            self._timer.cancel()
+            self.inner.connection_made(_TLSTransport(self))
+        chunks = received.plaintext
         if chunks:
             self.inner.data_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        self._send_pending()
+        if received.closed:
+            self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -122,7 +96,7 @@ class TLSProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ helpers
 
     def _send_pending(self) -> None:
-        pending = self.outgoing.read()
+        pending = self.tls.pending()
         if pending and not self.transport.is_closing():
             self.transport.write(pending)
 
@@ -139,10 +113,7 @@ class TLSProtocol(asyncio.Protocol):
 
     def _close(self) -> None:
         if not self.closed:
-            try:
-                self.sslobj.unwrap()
-            except ssl.SSLError:
-                pass
+            self.tls.unwrap()
             self._send_pending()
             self.closed = True
             self.transport.close()
@@ -150,7 +121,7 @@ class TLSProtocol(asyncio.Protocol):
     def encrypt(self, data: bytes) -> None:
         if self.closed:
             return
-        self.sslobj.write(data)
+        self.tls.write(data)
         self._send_pending()
 
 

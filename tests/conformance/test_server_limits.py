@@ -48,7 +48,7 @@ class LimitedMosquitto(MosquittoProcess):
 
 def _params() -> list[str]:
     params = ["lichen"]
-    if MOSQUITTO and os.environ.get("LICHEN_SKIP_MOSQUITTO") != "1":
+    if MOSQUITTO and os.environ.get("LICHEN_TEST_MOSQUITTO") == "1":
         params.append("mosquitto")
     return params
 
