@@ -94,6 +94,7 @@ static struct {
     int coalesce_us;
     long max_backlog;
     double stall;
+    int topics;
 } cfg = {
     .host = "127.0.0.1",
     .port = "1883",
@@ -114,6 +115,7 @@ static struct {
     .coalesce_us = -1,
     .max_backlog = 10000,
     .stall = 10.0,
+    .topics = 1,
 };
 
 /* ------------------------------------------------------------------ state */
@@ -478,16 +480,45 @@ typedef struct {
 } ptmpl_t;
 static ptmpl_t *g_ptmpl;
 
+/* --topics N (QoS 0 fan-in): publisher i's block cycles over the N topics
+ * <prefix>/fanin/<i>.<k>, k < N (zero-padded, so every packet has the same size); the
+ * block holds a whole number of cycles, at least one. */
+static void build_multi_topic_block(int i)
+{
+    char topic[300];
+    snprintf(topic, sizeof topic, "%s/fanin/%d.%06d", cfg.prefix, i, 0);
+    build_templates(topic); /* sizes and payload; its block is replaced below */
+    size_t cycles = g_block_msgs / (size_t)cfg.topics;
+    if (cycles < 1)
+        cycles = 1;
+    g_block_msgs = cycles * (size_t)cfg.topics;
+    g_block_len = g_block_msgs * g_tmpl_len;
+    free(g_block);
+    g_block = xmalloc(g_block_len);
+    size_t topic_off = g_tmpl_payload_off - 6; /* QoS 0: the topic ends the header */
+    for (size_t m = 0; m < g_block_msgs; m++) {
+        uint8_t *p = g_block + m * g_tmpl_len;
+        memcpy(p, g_tmpl, g_tmpl_len);
+        char k[8];
+        snprintf(k, sizeof k, "%06d", (int)(m % (size_t)cfg.topics));
+        memcpy(p + topic_off, k, 6);
+    }
+}
+
 static void build_pub_templates(void)
 {
     g_ptmpl = calloc((size_t)g_npubs, sizeof *g_ptmpl);
     for (int i = 0; i < g_npubs; i++) {
         char topic[300];
-        if (cfg.mode == M_FANIN)
-            snprintf(topic, sizeof topic, "%s/fanin/%d", cfg.prefix, i);
-        else
-            snprintf(topic, sizeof topic, "%s", g_topic);
-        build_templates(topic);
+        if (cfg.mode == M_FANIN && cfg.topics > 1) {
+            build_multi_topic_block(i);
+        } else {
+            if (cfg.mode == M_FANIN)
+                snprintf(topic, sizeof topic, "%s/fanin/%d", cfg.prefix, i);
+            else
+                snprintf(topic, sizeof topic, "%s", g_topic);
+            build_templates(topic);
+        }
         g_ptmpl[i] = (ptmpl_t){g_tmpl, g_tmpl_len, g_tmpl_pid_off, g_block, g_block_len,
                                g_block_msgs};
         g_block = NULL;
@@ -1329,7 +1360,9 @@ static void usage(void)
             "                    messages are not yet received (10000; 0 = open loop)\n"
             "  --stall S         retained: give up after S seconds without progress (10)\n"
             "  --coalesce-us N   fanin/fanout QoS 0: pause N us after an iteration that read\n"
-            "                    little, so reads come in large batches (500; 0 = off)\n");
+            "                    little, so reads come in large batches (500; 0 = off)\n"
+            "  --topics N        fanin QoS 0: each publisher cycles over N topics\n"
+            "                    <prefix>/fanin/<i>.<k> instead of using <prefix>/fanin/<i> (1)\n");
     exit(2);
 }
 
@@ -1364,7 +1397,8 @@ int main(int argc, char **argv)
         {"rate", 1, 0, 'r'},     {"count", 1, 0, 'n'},     {"conns", 1, 0, 'c'},
         {"timeout", 1, 0, 't'},  {"keepalive", 1, 0, 'k'}, {"prefix", 1, 0, 'x'},
         {"concurrency", 1, 0, 'C'}, {"coalesce-us", 1, 0, 'u'},
-        {"max-backlog", 1, 0, 'B'}, {"stall", 1, 0, 'T'}, {0, 0, 0, 0},
+        {"max-backlog", 1, 0, 'B'}, {"stall", 1, 0, 'T'}, {"topics", 1, 0, 'o'},
+        {0, 0, 0, 0},
     };
     int o;
     optind = 2;
@@ -1389,6 +1423,7 @@ int main(int argc, char **argv)
         case 'u': cfg.coalesce_us = atoi(optarg); break;
         case 'B': cfg.max_backlog = atol(optarg); break;
         case 'T': cfg.stall = atof(optarg); break;
+        case 'o': cfg.topics = atoi(optarg); break;
         default: usage();
         }
     }
@@ -1397,6 +1432,9 @@ int main(int argc, char **argv)
         cfg.window > 65000)
         usage();
     if (cfg.mode == M_RETAINED && cfg.count < 1)
+        usage();
+    if (cfg.topics < 1 || cfg.topics > 999999 ||
+        (cfg.topics > 1 && (cfg.mode != M_FANIN || cfg.qos != 0)))
         usage();
     static char prefix_buf[64];
     if (!cfg.prefix) {

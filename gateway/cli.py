@@ -11,6 +11,8 @@ import tomllib
 from pathlib import Path
 
 from .cli_auth import add_auth_commands
+from .cli_functions import add_function_commands
+from .cli_shadow import add_shadow_commands
 from .config import DEFAULT_CONFIG_TOML, GatewayConfig, config_from_dict, load_config
 from .errors import UserError
 from .state_dir import (
@@ -134,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     add_auth_commands(sub, state_dir_arg)
+    add_shadow_commands(sub, state_dir_arg)
+    add_function_commands(sub, state_dir_arg)
 
     p = sub.add_parser("status", help="show whether the gateway runs, and its figures")
     state_dir_arg(p)

@@ -79,13 +79,28 @@ class Persistence:
 
 
 @dataclass(slots=True)
+class ShadowSettings:
+    enabled: bool = True                      # AWS IoT Device Shadows on $aws/things/...
+    max_document_bytes: int = 8192            # state (desired + reported), as AWS IoT: 8 KB
+    max_depth: int = 6                        # nesting levels under desired / reported
+    history_depth: int = 10                   # past versions kept per shadow; 0 = none
+    max_named_shadows_per_thing: int = 1000   # AWS IoT has no limit; a gateway needs one
+    max_inflight_per_client: int = 10         # as AWS IoT: more pending requests get 429
+
+
+@dataclass(slots=True)
 class GatewayConfig:
     mqtt: MQTTLimits = field(default_factory=MQTTLimits)
     listeners: Listeners = field(default_factory=Listeners)
     persistence: Persistence = field(default_factory=Persistence)
     auth: AuthSettings = field(default_factory=AuthSettings)
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
     log_level: str = "info"
+    # [[functions]] / [[models]]: arrays of tables, validated in gateway.functions.settings
+    # and gateway.ml.settings (FunctionSettings, ModelSettings)
+    functions: list = field(default_factory=list)
+    models: list = field(default_factory=list)
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -106,6 +121,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "listeners.tcp_port": (0, 65_535),
     "listeners.tls_port": (0, 65_535),
     "discovery.port": (1, 65_535),
+    "shadow.max_document_bytes": (128, 1_048_576),
+    "shadow.max_depth": (1, 64),
+    "shadow.history_depth": (0, 1_000_000),
+    "shadow.max_named_shadows_per_thing": (0, 10_000_000),
+    "shadow.max_inflight_per_client": (1, 65_535),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "persistence.sync": ("normal", "full"),
@@ -167,8 +187,17 @@ def _build(cls: type, data: dict, prefix: str) -> Any:
     return obj
 
 
-def config_from_dict(data: dict) -> GatewayConfig:
+def config_from_dict(data: dict, base_dir: Path | None = None) -> GatewayConfig:
+    """base_dir: where relative paths in [[functions]]/[[models]] start (the config file's
+    directory; default the working directory)."""
+    data = dict(data)
+    functions, models = data.pop("functions", []), data.pop("models", [])
     cfg = _build(GatewayConfig, data, "")
+    from .functions.settings import parse_functions
+    from .ml.settings import parse_models
+
+    cfg.models = parse_models(models, base_dir)
+    cfg.functions = parse_functions(functions, base_dir)
     lst = cfg.listeners
     given = [n for n in ("tls_cert_file", "tls_key_file", "tls_ca_file") if getattr(lst, n)]
     if given and len(given) != 3:
@@ -206,7 +235,7 @@ def load_config(path: str | Path | None) -> GatewayConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return config_from_dict(data)
+    return config_from_dict(data, p.parent)
 
 
 DEFAULT_CONFIG_TOML = """\
@@ -257,4 +286,13 @@ host_addresses = []
 [persistence]
 enabled = true
 sync = "normal"
+
+[shadow]
+# AWS IoT Device Shadows (classic and named) on $aws/things/THING/shadow/...
+enabled = true
+max_document_bytes = 8192         # desired + reported state, as AWS IoT
+max_depth = 6                     # nesting levels under desired / reported, as AWS IoT
+history_depth = 10                # past versions kept per shadow (0: none)
+max_named_shadows_per_thing = 1000
+max_inflight_per_client = 10      # pending requests per client before 429, as AWS IoT
 """
