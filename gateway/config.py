@@ -60,6 +60,7 @@ class AuthSettings:
     server_names: list[str] = field(default_factory=list)  # extra names in the server cert
     region: str = "local"                     # the region and account of policy ARNs
     account: str = "000000000000"
+    policy_cache_size: int = 4096             # policy decisions cached per connection
 
 
 @dataclass(slots=True)
@@ -118,6 +119,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "mqtt.max_subscriptions_per_client": (1, 1_000_000),
     "mqtt.connect_timeout": (0.1, 3600),
     "mqtt.sys_interval": (0, 86_400),
+    "auth.policy_cache_size": (0, 1_000_000),
     "listeners.tcp_port": (0, 65_535),
     "listeners.tls_port": (0, 65_535),
     "discovery.port": (1, 65_535),

@@ -77,7 +77,7 @@ class Gateway:
             a = self.cfg.auth
             self.auth = DeviceAuth(self.state_dir, loopback_policy=a.loopback_policy,
                                    server_names=a.server_names, region=a.region,
-                                   account=a.account)
+                                   account=a.account, policy_cache_size=a.policy_cache_size)
             await asyncio.get_running_loop().run_in_executor(None, self.auth.prepare)
         self.broker = Broker(self.cfg.mqtt, store, self.auth)
         await self.broker.start()

@@ -38,10 +38,11 @@ RENEWAL_CHECK_INTERVAL = 3600.0
 class DeviceAuth(AuthHooks):
     def __init__(self, state_dir: Path, *, loopback_policy: str = ALLOW_ALL_NAME,
                  server_names: list[str] | None = None, region: str = "local",
-                 account: str = "000000000000") -> None:
+                 account: str = "000000000000", policy_cache_size: int = 4096) -> None:
         self.ca = LocalCA(state_dir / PKI_DIR)
         self.registry = Registry(state_dir / REGISTRY_DB)
-        self.engine = PolicyEngine(region=region, account=account)
+        self.engine = PolicyEngine(region=region, account=account,
+                                   cache_size=policy_cache_size)
         self.loopback_policy = loopback_policy
         self.server_names = server_names or []
         self.broker = None

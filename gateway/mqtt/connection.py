@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("lichen.mqtt")
 
 READ_BUDGET_PER_TURN = 256 * 1024
+DENIED_LOG_INTERVAL = 10.0    # seconds: a client publishing where it may not cannot flood logs
 
 
 class Connection(asyncio.Protocol):
@@ -56,6 +57,8 @@ class Connection(asyncio.Protocol):
         self._gated: list[bytes] | None = None    # all output held until a store commit
         self._turn_bytes = 0                      # read this loop turn (fairness budget)
         self._yielding = False
+        self._denied = 0
+        self._denied_log_after = 0.0
         self._paused = False
         self.peer = None
 
@@ -307,7 +310,12 @@ class Connection(asyncio.Protocol):
         if perms is not None and not (perms.can_publish(topic) and (
                 not retain or getattr(perms, "can_retain_publish", perms.can_publish)(topic))):
             broker.stats.publish_denied += 1
-            log.info("denied PUBLISH by %s to %s", session.client_id, topic)
+            self._denied += 1
+            now = broker.loop.time()
+            if now >= self._denied_log_after:  # one line per connection per interval
+                self._denied_log_after = now + DENIED_LOG_INTERVAL
+                log.info("denied PUBLISH by %s to %s (%d denied on this connection)",
+                         session.client_id, topic, self._denied)
             if qos:
                 self._ack(qos, packet_id, rc.NOT_AUTHORIZED if self.v5 else 0, False)
             return
