@@ -6,14 +6,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from .cli_lazy import lazy_command
+
 
 def _lazy(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        from .functions import commands
-
-        return getattr(commands, name)(args)
-
-    return run
+    return lazy_command("gateway.functions.commands", name)
 
 
 def add_function_commands(sub: argparse._SubParsersAction,
