@@ -617,6 +617,19 @@ class CompiledPolicySet:
 
         self._evaluate = evaluate
         self._decide = functools.lru_cache(maxsize=cache_size)(evaluate)
+        # The broker's per-message checks: plain verdict dicts keyed by topic, cheaper than
+        # the LRU's tuple keys and Decision objects. Bounded; cleared whole when full.
+        self._cache_size = cache_size
+        self._publish_ok: dict[str, bool] = {}
+        self._receive_ok: dict[str, bool] = {}
+
+    def _verdict(self, memo: dict[str, bool], action: str, target: str) -> bool:
+        allowed = self._evaluate(action, target).allowed
+        if len(memo) >= self._cache_size:
+            memo.clear()
+        if self._cache_size:
+            memo[target] = allowed
+        return allowed
 
     def decide(self, action: str, target: str) -> Decision:
         """The (cached) decision for `action` on `target`: a client id for iot:Connect, a
@@ -635,24 +648,31 @@ class CompiledPolicySet:
         return self._decide(CONNECT, self.context.client_id).allowed
 
     def can_publish(self, topic: str) -> bool:
-        return self._decide(PUBLISH, topic).allowed
+        allowed = self._publish_ok.get(topic)
+        if allowed is None:
+            return self._verdict(self._publish_ok, PUBLISH, topic)
+        return allowed
 
     def can_retain_publish(self, topic: str) -> bool:
         """A retained PUBLISH needs both iot:Publish and iot:RetainPublish (AWS)."""
-        return self._decide(PUBLISH, topic).allowed and \
-            self._decide(RETAIN_PUBLISH, topic).allowed
+        return self.can_publish(topic) and self._decide(RETAIN_PUBLISH, topic).allowed
 
     def can_subscribe(self, topic_filter: str) -> bool:
         return self._decide(SUBSCRIBE, topic_filter).allowed
 
     def can_receive(self, topic: str) -> bool:
-        return self._decide(RECEIVE, topic).allowed
+        allowed = self._receive_ok.get(topic)
+        if allowed is None:
+            return self._verdict(self._receive_ok, RECEIVE, topic)
+        return allowed
 
     def cache_info(self) -> functools._CacheInfo:
         return self._decide.cache_info()
 
     def cache_clear(self) -> None:
         self._decide.cache_clear()
+        self._publish_ok.clear()
+        self._receive_ok.clear()
 
 
 def _decision(allowed: bool, action: str, target: str, resource: str, rule: _Rule) -> Decision:
