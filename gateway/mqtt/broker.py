@@ -24,8 +24,8 @@ from .store import AWAITING_PUBCOMP, BrokerStore
 from .topics import (
     InvalidTopic,
     SubscriptionTrie,
+    compile_filter,
     parse_shared,
-    topic_matches,
     validate_topic_filter,
     validate_topic_name,
 )
@@ -422,7 +422,8 @@ class Broker:
     def deliver_retained(self, session: Session, topic_filter: str, opts: SubOptions) -> None:
         group, inner = parse_shared(topic_filter)
         if "+" in inner or "#" in inner:
-            candidates = [m for t, m in self.retained.items() if topic_matches(inner, t)]
+            matches = compile_filter(inner)
+            candidates = [m for t, m in self.retained.items() if matches(t)]
         else:
             m = self.retained.get(inner)
             candidates = [m] if m is not None else []

@@ -7,7 +7,8 @@ is a wildcard; `$share/{group}/{filter}` is a shared subscription.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 SHARE_PREFIX = "$share/"
@@ -66,6 +67,26 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
         if f != "+" and f != tlevels[i]:
             return False
     return len(flevels) == len(tlevels)
+
+
+def compile_filter(topic_filter: str) -> Callable[[str], bool]:
+    """A matcher equal to `topic_matches(topic_filter, t)`, built once for scanning many
+    topics (retained messages on subscribe) as one regular expression."""
+    parts = []
+    levels = topic_filter.split("/")
+    for i, level in enumerate(levels):
+        if level == "#":
+            # "a/#" also matches "a": the separator before '#' is optional
+            parts.append("(?:/.*)?" if i else ".*")
+            break
+        if i:
+            parts.append("/")
+        parts.append("[^/]*" if level == "+" else re.escape(level))
+    pattern = re.compile("".join(parts), re.DOTALL)
+    full = pattern.fullmatch
+    if topic_filter[:1] in ("+", "#"):
+        return lambda topic: not topic.startswith("$") and full(topic) is not None
+    return lambda topic: full(topic) is not None
 
 
 class _Node:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from gateway.mqtt.topics import (
     InvalidTopic,
     SubscriptionTrie,
+    compile_filter,
     parse_shared,
     topic_matches,
     validate_topic_filter,
@@ -337,3 +338,16 @@ def test_trie_shared_groups_are_triples():
     _, shared = trie.match("s/x")
     assert sorted(shared, key=lambda t: (t[0], t[1])) == [
         ("g1", "s/#", {"c3": 0}), ("g2", "s/+", {"c4": 1})]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "", "$SYS", "+", "#"]), min_size=1, max_size=4),
+       st.lists(st.sampled_from(["a", "b", "", "$SYS", "$", "c"]), min_size=1, max_size=5))
+def test_compiled_filter_agrees_with_topic_matches(filter_levels, topic_levels):
+    topic_filter = "/".join(filter_levels)
+    try:
+        validate_topic_filter(topic_filter)
+    except InvalidTopic:
+        return
+    topic = "/".join(topic_levels)
+    assert compile_filter(topic_filter)(topic) == topic_matches(topic_filter, topic)
