@@ -9,6 +9,7 @@ stream buffer. Nothing here does I/O.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 
 from . import reason_codes as rc
@@ -459,15 +460,27 @@ def encode_publish(topic: bytes, payload: bytes, qos: int, retain: bool, dup: bo
     """Fast path: `topic` already UTF-8, `props` already encoded (None for MQTT 3.1.1)."""
     first = 0x30 | (qos << 1) | (0x01 if retain else 0) | (0x08 if dup else 0)
     tlen = len(topic)
-    head = bytes((tlen >> 8, tlen & 0xFF)) + topic
+    length = 2 + tlen + len(payload)
     if qos:
-        head += bytes((packet_id >> 8, packet_id & 0xFF))
+        length += 2
     if props is not None:
-        head += props
-    length = len(head) + len(payload)
+        length += len(props)
+    # One join instead of a chain of concatenations: this runs for every QoS 1/2 delivery.
     if length < 128:
-        return bytes((first, length)) + head + payload
-    return bytes((first,)) + encode_varint(length) + head + payload
+        fixed = _pack_header(first, length, tlen)
+    else:
+        fixed = bytes((first,)) + encode_varint(length) + _pack_u16(tlen)
+    if qos:
+        if props is not None:
+            return b"".join((fixed, topic, _pack_u16(packet_id), props, payload))
+        return b"".join((fixed, topic, _pack_u16(packet_id), payload))
+    if props is not None:
+        return b"".join((fixed, topic, props, payload))
+    return b"".join((fixed, topic, payload))
+
+
+_pack_header = struct.Struct(">BBH").pack
+_pack_u16 = struct.Struct(">H").pack
 
 
 def encode(packet: Packet, version: int = MQTT_3_1_1) -> bytes:
