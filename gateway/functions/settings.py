@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..config_tables import check_named_table
 from ..mqtt.topics import InvalidTopic, topic_matches, validate_topic_filter, validate_topic_name
 
-NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LIFECYCLES = ("on-demand", "pinned")
 
 
@@ -118,17 +118,7 @@ def _topic(where: str, key: str, value: Any, is_filter: bool) -> str:
 
 
 def parse_function(item: Any, index: int, base_dir: Path | None) -> FunctionSettings:
-    where = f"functions[{index}]"
-    if not isinstance(item, dict):
-        raise FunctionConfigError(f"{where}: must be a table, got {item!r}")
-    unknown = sorted(set(item) - _KEYS)
-    if unknown:
-        raise FunctionConfigError(f"{where}.{unknown[0]}: unknown setting (known: "
-                                  f"{', '.join(sorted(_KEYS))})")
-    name = item.get("name")
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise FunctionConfigError(f"{where}.name: must be 1-64 characters of A-Z, a-z, 0-9, "
-                                  f"'_' and '-', got {name!r}")
+    name = check_named_table(item, f"functions[{index}]", _KEYS, FunctionConfigError)
     where = f"functions.{name}"
     code = item.get("code")
     if not isinstance(code, str) or not code:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ConfigError
+from ..config_tables import check_named_table
 
-NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 KNOWN_PROVIDERS = ("CPUExecutionProvider", "CUDAExecutionProvider",
                    "TensorrtExecutionProvider", "OpenVINOExecutionProvider",
                    "CoreMLExecutionProvider", "DmlExecutionProvider", "ROCMExecutionProvider",
@@ -40,17 +40,7 @@ def parse_models(items: Any, base_dir: Path | None = None) -> list[ModelSettings
     out: list[ModelSettings] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
-        where = f"models[{i}]"
-        if not isinstance(item, dict):
-            raise ModelConfigError(f"{where}: must be a table, got {item!r}")
-        unknown = sorted(set(item) - _KEYS)
-        if unknown:
-            raise ModelConfigError(f"{where}.{unknown[0]}: unknown setting (known: "
-                                   f"{', '.join(sorted(_KEYS))})")
-        name = item.get("name")
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-            raise ModelConfigError(f"{where}.name: must be 1-64 characters of A-Z, a-z, 0-9, "
-                                   f"'_' and '-', got {name!r}")
+        name = check_named_table(item, f"models[{i}]", _KEYS, ModelConfigError)
         where = f"models.{name}"
         if name in seen:
             raise ModelConfigError(f"{where}: declared twice")
