@@ -90,6 +90,33 @@ class ShadowSettings:
 
 
 @dataclass(slots=True)
+class CloudSettings:
+    # AWS IoT Core (or a stand-in) over mutual TLS; no endpoint = offline mode.
+    endpoint: str | None = None               # e.g. "abc123-ats.iot.eu-west-1.amazonaws.com"
+    port: int = 8883                          # 443 uses ALPN x-amzn-mqtt-ca
+    thing_name: str | None = None             # the client id; required with endpoint
+    cert_file: str | None = None              # paths; relative ones start at the state dir
+    key_file: str | None = None
+    ca_file: str | None = None                # default: the system trust store
+    keepalive_s: int = 60
+    min_reconnect_s: float = 1.0              # exponential backoff with full jitter
+    max_reconnect_s: float = 120.0
+    max_inflight: int = 100                   # publishes awaiting the cloud's PUBACK
+    aws_iot_limits: bool = True               # pace as IoT Core allows (100 publishes/s)
+    session_expiry_s: int = 3600              # cloud keeps our subscriptions this long
+
+
+@dataclass(slots=True)
+class SpoolSettings:
+    max_messages: int = 1_000_000
+    max_bytes: int = 256 * 1_048_576          # topic + payload bytes
+    when_full: str = "refuse"                 # or "drop-oldest"
+    qos0: str = "memory"                      # QoS 0 uplink: "memory" or "disk"
+    memory_window: int = 10_000               # spooled messages kept in RAM for sending
+    sync: str = "normal"                      # SQLite synchronous; "full" for power loss
+
+
+@dataclass(slots=True)
 class GatewayConfig:
     mqtt: MQTTLimits = field(default_factory=MQTTLimits)
     listeners: Listeners = field(default_factory=Listeners)
@@ -97,11 +124,15 @@ class GatewayConfig:
     auth: AuthSettings = field(default_factory=AuthSettings)
     discovery: DiscoverySettings = field(default_factory=DiscoverySettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    cloud: CloudSettings = field(default_factory=CloudSettings)
+    spool: SpoolSettings = field(default_factory=SpoolSettings)
     log_level: str = "info"
     # [[functions]] / [[models]]: arrays of tables, validated in gateway.functions.settings
     # and gateway.ml.settings (FunctionSettings, ModelSettings)
     functions: list = field(default_factory=list)
     models: list = field(default_factory=list)
+    # [[routes]]: gateway.cloud.routes.Route, validated in parse_routes
+    routes: list = field(default_factory=list)
 
 
 _RANGES: dict[str, tuple[float, float]] = {
@@ -128,9 +159,21 @@ _RANGES: dict[str, tuple[float, float]] = {
     "shadow.history_depth": (0, 1_000_000),
     "shadow.max_named_shadows_per_thing": (0, 10_000_000),
     "shadow.max_inflight_per_client": (1, 65_535),
+    "cloud.port": (1, 65_535),
+    "cloud.keepalive_s": (5, 1200),
+    "cloud.min_reconnect_s": (0.1, 3600),
+    "cloud.max_reconnect_s": (0.1, 86_400),
+    "cloud.max_inflight": (1, 65_535),
+    "cloud.session_expiry_s": (0, 4_294_967_295),
+    "spool.max_messages": (1, 1_000_000_000),
+    "spool.max_bytes": (1024, 1 << 44),
+    "spool.memory_window": (100, 10_000_000),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "persistence.sync": ("normal", "full"),
+    "spool.sync": ("normal", "full"),
+    "spool.when_full": ("refuse", "drop-oldest"),
+    "spool.qos0": ("memory", "disk"),
     "log_level": ("debug", "info", "warning", "error"),
 }
 
@@ -194,9 +237,14 @@ def config_from_dict(data: dict, base_dir: Path | None = None) -> GatewayConfig:
     directory; default the working directory)."""
     data = dict(data)
     functions, models = data.pop("functions", []), data.pop("models", [])
+    routes = data.pop("routes", [])
     cfg = _build(GatewayConfig, data, "")
+    from .cloud.routes import parse_routes
     from .functions.settings import parse_functions
     from .ml.settings import parse_models
+
+    _check_cloud(cfg.cloud)
+    cfg.routes = parse_routes(routes)
 
     cfg.models = parse_models(models, base_dir)
     cfg.functions = parse_functions(functions, base_dir)
@@ -208,6 +256,23 @@ def config_from_dict(data: dict, base_dir: Path | None = None) -> GatewayConfig:
                           "(give all three, or none to use the gateway's own CA)")
     _check_discovery(cfg.discovery)
     return cfg
+
+
+def _check_cloud(c: CloudSettings) -> None:
+    if c.endpoint is None:
+        return
+    if not re.fullmatch(r"[A-Za-z0-9.:\[\]-]{1,253}", c.endpoint):
+        raise ConfigError(f"cloud.endpoint: must be a host name or address, got {c.endpoint!r}")
+    for name in ("thing_name", "cert_file", "key_file"):
+        if getattr(c, name) is None:
+            raise ConfigError(f"cloud.{name}: needed with cloud.endpoint (the gateway's thing "
+                              "and its AWS IoT certificate and key)")
+    if not re.fullmatch(r"[a-zA-Z0-9:_-]{1,128}", c.thing_name):
+        raise ConfigError(f"cloud.thing_name: must be 1-128 characters of a-z, A-Z, 0-9, ':', "
+                          f"'_' and '-', got {c.thing_name!r}")
+    if c.min_reconnect_s > c.max_reconnect_s:
+        raise ConfigError(f"cloud.min_reconnect_s: must not exceed cloud.max_reconnect_s "
+                          f"({c.max_reconnect_s:g}), got {c.min_reconnect_s:g}")
 
 
 def _check_discovery(d: DiscoverySettings) -> None:
@@ -288,6 +353,44 @@ host_addresses = []
 [persistence]
 enabled = true
 sync = "normal"
+
+[cloud]
+# AWS IoT Core over mutual TLS. Without an endpoint the gateway runs offline (no uplink).
+# endpoint = "abc123-ats.iot.eu-west-1.amazonaws.com"
+port = 8883                       # 443 uses ALPN (x-amzn-mqtt-ca) through firewalls
+# thing_name = "my-gateway"
+# cert_file = "cloud/certificate.pem.crt"   # relative to the state directory
+# key_file = "cloud/private.pem.key"
+# ca_file = "cloud/AmazonRootCA1.pem"       # default: the system trust store
+min_reconnect_s = 1.0
+max_reconnect_s = 120.0
+max_inflight = 100
+aws_iot_limits = true             # pace publishes as IoT Core allows; false for stand-ins
+
+[spool]
+# Everything bound for the cloud waits here (SQLite) until the cloud acknowledges it.
+max_messages = 1000000
+max_bytes = 268435456
+when_full = "refuse"              # or "drop-oldest"
+qos0 = "memory"                   # QoS 0 uplink: "memory" (lost on restart) or "disk"
+memory_window = 10000
+sync = "normal"                   # "full" also survives power loss
+
+# Routes: local topics up to the cloud, cloud topics down to local subscribers.
+# {topic} is the whole source topic, {1}, {2}... its levels, {thing} cloud.thing_name.
+# [[routes]]
+# name = "telemetry"
+# direction = "up"
+# filter = "sensors/#"
+# topic = "dt/{thing}/{topic}"
+# qos = 1
+#
+# [[routes]]
+# name = "commands"
+# direction = "down"
+# filter = "cmd/{thing}/#"
+# topic = "commands/{3}"
+# qos = 1
 
 [shadow]
 # AWS IoT Device Shadows (classic and named) on $aws/things/THING/shadow/...

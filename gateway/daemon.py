@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import logging.handlers
 import os
@@ -26,6 +27,7 @@ from .systemd_notify import notify, watchdog_interval
 if TYPE_CHECKING:
     from .auth.discovery import DiscoveryServer
     from .auth.service import DeviceAuth
+    from .cloud.bridge import CloudBridge
     from .functions.executor import FunctionExecutor
     from .shadow.service import ShadowService
 
@@ -57,6 +59,7 @@ class Gateway:
         self.discovery: DiscoveryServer | None = None
         self.shadow: ShadowService | None = None
         self.functions: FunctionExecutor | None = None
+        self.cloud: CloudBridge | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
@@ -93,6 +96,7 @@ class Gateway:
             self.functions = FunctionExecutor(self.broker, self.cfg.functions,
                                               self.cfg.models, self.state_dir)
             await self.functions.start()
+        await self._start_cloud()
         if lst.tls_port is not None:
             if external_tls:
                 ctx = external_tls_context(self.cfg)
@@ -124,6 +128,22 @@ class Gateway:
         log.info("gateway ready on %s (state %s, pid %d)", ", ".join(self.broker.listeners),
                  self.state_dir, os.getpid())
 
+    async def _start_cloud(self) -> None:
+        """The bridge to AWS IoT Core, before any listener: no routed message misses the
+        spool. Without an endpoint the gateway says it is offline and routes nothing up."""
+        if self.cfg.cloud.endpoint is None:
+            from .cloud.bridge import STATUS_TOPIC, offline_status
+
+            if self.cfg.routes:
+                log.warning("cloud: %d routes configured but no cloud.endpoint: offline, "
+                            "nothing is spooled", len(self.cfg.routes))
+            self.broker.publish(STATUS_TOPIC, json.dumps(offline_status(self.cfg)), 1, True)
+            return
+        from .cloud.bridge import CloudBridge
+
+        self.cloud = CloudBridge(self.broker, self.cfg, self.state_dir)
+        await self.cloud.start()
+
     def status(self) -> dict:
         status = {"pid": os.getpid(), "state_dir": str(self.state_dir), "time": time.time(),
                   "state": "running"}
@@ -133,6 +153,12 @@ class Gateway:
             status["shadow"] = self.shadow.status()
         if self.functions is not None:
             status["functions"] = self.functions.status()
+        if self.cloud is not None:
+            status["cloud"] = self.cloud.status()
+        else:
+            from .cloud.bridge import offline_status
+
+            status["cloud"] = offline_status(self.cfg)
         return status
 
     async def _status_writer(self) -> None:
@@ -164,6 +190,8 @@ class Gateway:
             await self.discovery.stop()
         if self.functions is not None:  # workers finish publishing while the broker runs
             await self.functions.stop()
+        if self.cloud is not None:  # the spool's last commits while the broker still runs
+            await self.cloud.stop()
         if self.shadow is not None:  # answers what it took while the broker still runs
             await self.shadow.stop()
         if self.broker is not None:

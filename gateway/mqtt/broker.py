@@ -18,6 +18,7 @@ from . import packets as pk
 from . import reason_codes as rc
 from .auth_hooks import AuthHooks, ClientInfo
 from .connection import Connection, new_client_id, requested_expiry, validate_subscription
+from .durability import CommitWait, combine
 from .message import Message
 from .session import NEVER_EXPIRES, Outgoing, Session, SubOptions
 from .store import AWAITING_PUBCOMP, BrokerStore
@@ -59,7 +60,8 @@ class BrokerStats:
 
 
 class InternalSubscriber:
-    """A component's callback attached to a topic filter; gets every matching Message."""
+    """A component's callback attached to a topic filter; gets every matching Message.
+    The callback may answer with a commit source or REFUSED (see durability.py)."""
 
     __slots__ = ("topic_filter", "callback")
 
@@ -67,11 +69,13 @@ class InternalSubscriber:
         self.topic_filter = topic_filter
         self.callback = callback
 
-    def deliver(self, msg: Message) -> None:
+    def deliver(self, msg: Message) -> object:
+        """The callback's answer: None, a commit source to wait for, or REFUSED."""
         try:
-            self.callback(msg)
+            return self.callback(msg)
         except Exception:
             log.exception("internal subscriber for %s failed on %s", self.topic_filter, msg.topic)
+            return None
 
 
 class Broker:
@@ -93,6 +97,7 @@ class Broker:
         self._cache: dict[str, tuple[list, list]] = {}
         self._share_turn: dict[tuple[str, str], int] = {}
         self._tasks: list[asyncio.Task] = []
+        self.commit_sources: list = []
 
     # ================================================================ lifecycle
 
@@ -197,22 +202,32 @@ class Broker:
     # ================================================================ in-process interface
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False,
-                properties: dict | None = None) -> bool:
-        """Publish as the gateway. Returns True if the message had to be stored durably;
-        `await flush()` waits for that commit."""
+                properties: dict | None = None, origin: str | None = None) -> bool:
+        """Publish as the gateway (or, with origin, on behalf of another component, which
+        internal subscribers can tell apart). Returns True if the message had to be stored
+        durably; `await flush()` waits for that commit."""
         validate_topic_name(topic)
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2, got {qos!r}")
         if isinstance(payload, str):
             payload = payload.encode()
         msg = Message.from_publish_properties(topic, bytes(payload), qos, retain,
-                                              properties or {})
+                                              properties or {}, None, origin)
         durable, _ = self.route(msg)
-        return durable
+        return bool(durable)
 
     async def flush(self) -> None:
+        """Wait for the commit of everything queued so far, here and in the commit sources
+        other components registered (add_commit_source)."""
         if self.store is not None:
             await self.store.flush()
+        for source in self.commit_sources:
+            await source.flush()
+
+    def add_commit_source(self, source: object) -> None:
+        """A component's store whose commits acknowledgements may wait for (it has
+        `after_commit(fn)` and `async flush()`); flush() waits for it too."""
+        self.commit_sources.append(source)
 
     def subscribe_callback(self, topic_filter: str,
                            callback: Callable[[Message], None]) -> InternalSubscriber:
@@ -445,8 +460,10 @@ class Broker:
 
     # ================================================================ routing
 
-    def route(self, msg: Message) -> tuple[bool, bool]:
-        """Deliver to every matching subscriber: (needs a durable commit, anyone matched)."""
+    def route(self, msg: Message) -> tuple[bool | CommitWait, bool]:
+        """Deliver to every matching subscriber: (what the acknowledgement waits for: True
+        for the broker's store, a CommitWait if internal subscribers answered; anyone
+        matched)."""
         durable = self._retain(msg) if msg.retain else False
         entry = self._cache.get(msg.topic)
         if entry is None:
@@ -454,9 +471,14 @@ class Broker:
         targets, shared = entry
         origin = msg.origin
         msg_qos = msg.qos
+        answers = None
         for key, qos, rap, sub_ids, nolocal in targets:
             if type(key) is InternalSubscriber:
-                key.deliver(msg)
+                answer = key.deliver(msg)
+                if answer is not None:
+                    if answers is None:
+                        answers = []
+                    answers.append(answer)
                 continue
             if nolocal is not None and origin == key.client_id:
                 opts = [o for o in nolocal if not o.no_local]
@@ -489,6 +511,8 @@ class Broker:
                     session.conn.send_qos0(msg, retain, sub_ids)
             elif self.deliver(session, msg, qos, retain, sub_ids):
                 durable = True
+        if answers is not None:
+            return combine(self.store, durable, answers), True
         return durable, bool(targets or shared)
 
     def _targets(self, topic: str) -> tuple[list, list]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from . import packets as pk
 from . import reason_codes as rc
 from .auth_hooks import ClientInfo
+from .durability import CommitWait
 from .errors import MalformedPacket, MQTTError, ProtocolError, UnsupportedProtocolVersion
 from .message import Message
 from .properties import decode_properties
@@ -330,6 +331,12 @@ class Connection(asyncio.Protocol):
         durable, matched = broker.route(msg)
         if qos:
             reason = rc.NO_MATCHING_SUBSCRIBERS if self.v5 and not matched else 0
+            if durable.__class__ is CommitWait and durable.refused:
+                if qos == 2:
+                    session.awaiting_pubrel.discard(packet_id)  # the exchange ends here
+                if not self.v5:
+                    return  # 3.1.1 has no way to say no: withhold the ack, it is sent again
+                reason = rc.QUOTA_EXCEEDED
             self._ack(qos, packet_id, reason, durable)
 
     def _resolve_alias(self, alias: int, topic: str, topic_bytes: bytes) -> tuple[str, bytes]:
@@ -352,15 +359,17 @@ class Connection(asyncio.Protocol):
             data = bytes((0x40 if qos == 1 else 0x50, 2, packet_id >> 8, packet_id & 0xFF))
         self._send_ack(data, durable)
 
-    def _send_ack(self, data: bytes, durable: bool) -> None:
+    def _send_ack(self, data: bytes, durable: bool | CommitWait) -> None:
         """Acks leave in order; one that needs a store commit holds back those after it."""
         if not durable and not self._held_acks:
             self.write(data)
             return
         entry = [data, not durable]
         self._held_acks.append(entry)
-        if durable:
+        if durable is True:
             self.broker.store.after_commit(lambda: self._release_ack(entry))
+        elif durable:
+            durable.then(lambda: self._release_ack(entry))
 
     def _release_ack(self, entry: list) -> None:
         entry[1] = True

@@ -11,13 +11,11 @@ import asyncio
 import base64
 import json
 import logging
-import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..group_commit import GroupCommitWriter, open_wal
 from .message import Message
 
 log = logging.getLogger("lichen.mqtt.store")
@@ -86,25 +84,19 @@ class BrokerStore:
     def __init__(self, path: Path, sync: str = "normal") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._sync = "FULL" if sync == "full" else "NORMAL"
-        self._db = self._open()
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._ops: list[tuple[str, tuple]] = []
-        self._callbacks: list[Callable[[], None]] = []
-        self._closing = False
-        self._committing = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self.commits = 0
-        self.failed: BaseException | None = None
+        self._db = open_wal(self.path, sync, SCHEMA)
+        self._writer = GroupCommitWriter(self._db, "lichen-store")
+        self._queue = self._writer.write
+        self.after_commit = self._writer.after_commit
+        self.flush = self._writer.flush
 
-    def _open(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._sync}")
-        db.executescript(SCHEMA)
-        return db
+    @property
+    def commits(self) -> int:
+        return self._writer.commits
+
+    @property
+    def failed(self) -> BaseException | None:
+        return self._writer.failed
 
     # ---------------------------------------------------------------- loading (at start-up)
 
@@ -140,15 +132,7 @@ class BrokerStore:
     # ---------------------------------------------------------------- writes (from the loop)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._thread = threading.Thread(target=self._writer, name="lichen-store", daemon=True)
-        self._thread.start()
-
-    def _queue(self, sql: str, args: tuple) -> None:
-        with self._lock:
-            self._ops.append((sql, args))
-            if len(self._ops) == 1:
-                self._wake.notify()
+        self._writer.start(loop)
 
     def put_retained(self, msg: Message) -> None:
         self._queue("INSERT OR REPLACE INTO retained VALUES (?, ?, ?, ?, ?)",
@@ -183,75 +167,5 @@ class BrokerStore:
         self._queue("DELETE FROM session_messages WHERE client_id = ? AND seq = ?",
                     (client_id, seq))
 
-    def after_commit(self, fn: Callable[[], None]) -> None:
-        """Run fn on the event loop once every write queued so far is committed."""
-        with self._lock:
-            if not self._ops and not self._callbacks and not self._committing:
-                pending = False
-            else:
-                self._callbacks.append(fn)
-                pending = True
-        if not pending:
-            fn()
-
-    async def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
-        assert self._loop is not None
-        done = self._loop.create_future()
-        self.after_commit(lambda: done.done() or done.set_result(None))
-        await done
-
-    # ---------------------------------------------------------------- the writer thread
-
-    def _writer(self) -> None:
-        while True:
-            with self._lock:
-                while not self._ops and not self._callbacks and not self._closing:
-                    self._wake.wait()
-                if self._closing and not self._ops and not self._callbacks:
-                    return
-                ops, self._ops = self._ops, []
-                callbacks, self._callbacks = self._callbacks, []
-                self._committing = bool(ops)
-            if ops:
-                try:
-                    self._db.execute("BEGIN")
-                    for sql, args in ops:
-                        self._db.execute(sql, args)
-                    self._db.execute("COMMIT")
-                    self.commits += 1
-                except sqlite3.Error as exc:
-                    # A failed commit (full disk, I/O error) must not be acknowledged:
-                    # callbacks are dropped so held PUBACKs are never sent.
-                    self.failed = exc
-                    log.error("store commit failed, %d writes not acknowledged: %s",
-                              len(ops), exc)
-                    try:
-                        self._db.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                    continue
-                finally:
-                    with self._lock:
-                        self._committing = False
-            if callbacks and self._loop is not None and not self._loop.is_closed():
-                try:
-                    self._loop.call_soon_threadsafe(_run_all, callbacks)
-                except RuntimeError:
-                    return
-
     def close(self) -> None:
-        with self._lock:
-            self._closing = True
-            self._wake.notify()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-        self._db.close()
-
-
-def _run_all(callbacks: list[Callable[[], None]]) -> None:
-    for fn in callbacks:
-        try:
-            fn()
-        except Exception:  # a callback's failure must not stop the others
-            log.exception("after-commit callback failed")
+        self._writer.close()

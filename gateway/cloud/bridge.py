@@ -1,0 +1,186 @@
+"""The cloud bridge: routes between the local broker and AWS IoT Core, through the spool.
+
+Up routes attach to the broker as internal subscribers: a matching message is rewritten for
+the cloud and spooled, and the publisher's PUBACK waits for the spool's commit. Down routes
+are subscriptions on the cloud connection: what arrives is rewritten and published locally.
+Messages that came down from the cloud never go back up (loops). The connection state is
+kept in `status()` and in the retained `$lichen/cloud/connection` topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from pathlib import Path
+
+from ..config import GatewayConfig
+from ..mqtt.broker import Broker, InternalSubscriber
+from ..mqtt.message import Message
+from ..mqtt.topics import InvalidTopic, compile_filter
+from ..spool.queue import Spool
+from ..spool.store import SpoolDB
+from .link import CloudLink, Incoming
+from .routes import Route
+from .uplink import Uplink
+
+log = logging.getLogger("lichen.cloud")
+
+STATUS_TOPIC = "$lichen/cloud/connection"
+SPOOL_DB = "spool.db"
+CLOUD_ORIGIN = "\x00cloud"     # not a possible client id: MQTT strings cannot hold U+0000
+BAD_TOPIC_LOG_INTERVAL = 10.0
+
+
+class CloudBridge:
+    def __init__(self, broker: Broker, cfg: GatewayConfig, state_dir: Path) -> None:
+        self.broker = broker
+        self.cfg = cfg
+        self.settings = cfg.cloud
+        self.thing = cfg.cloud.thing_name or ""
+        self.up = [r for r in cfg.routes if r.direction == "up"]
+        self.down = [(r, compile_filter(r.source_filter(self.thing)))
+                     for r in cfg.routes if r.direction == "down"]
+        self.spool = Spool(cfg.spool, SpoolDB(state_dir / SPOOL_DB, cfg.spool.sync))
+        self.link = CloudLink(cfg.cloud, state_dir, self._on_state, self._from_cloud,
+                              self._on_completions)
+        self.uplink = Uplink(self.spool, self.link, cfg.cloud.max_inflight)
+        self.state = "stopped"
+        self.since = time.time()
+        self.last_error: str | None = None
+        self.connects = 0
+        self.connection_failures = 0
+        self.received = 0
+        self.dropped_bad_topic = 0
+        self._subs: list[InternalSubscriber] = []
+        self._bad_topic_log_after = 0.0
+        self._stopping = False
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.spool.open(loop)
+        self.broker.add_commit_source(self.spool.db)
+        for route in self.up:
+            self._subs.append(self.broker.subscribe_callback(
+                route.source_filter(self.thing), self._spooler(route)))
+        self.link.start(loop)
+        self._on_state("connecting", None)
+        log.info("cloud: %s:%d as %s; %d up and %d down routes; spool %d messages",
+                 self.settings.endpoint, self.settings.port, self.thing, len(self.up),
+                 len(self.down), self.spool.count)
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            self.broker.unsubscribe_callback(sub)
+        self._subs.clear()
+        self._stopping = True
+        self.uplink.on_disconnected()
+        await self.link.stop()
+        self._set_state("stopped", None)
+        await self.spool.close()
+
+    # ---------------------------------------------------------------- local -> cloud
+
+    def _spooler(self, route: Route):
+        thing = self.thing
+        offer = self.spool.offer
+
+        def spool_message(msg: Message) -> object:
+            if msg.origin == CLOUD_ORIGIN:
+                return None
+            try:
+                topic = route.target_topic(msg.topic, thing)
+            except InvalidTopic as exc:
+                self._bad_topic(route, msg.topic, exc)
+                return None
+            return offer(route.name, topic, msg.payload, route.qos, msg.properties,
+                         msg.expiry_at, msg.qos)
+
+        return spool_message
+
+    def _bad_topic(self, route: Route, topic: str, exc: Exception) -> None:
+        self.dropped_bad_topic += 1
+        now = time.monotonic()
+        if now >= self._bad_topic_log_after:
+            self._bad_topic_log_after = now + BAD_TOPIC_LOG_INTERVAL
+            log.warning("route %s: cannot rewrite %r for the cloud (%s); not sent",
+                        route.name, topic, exc)
+
+    def _on_completions(self, batch: list) -> None:
+        self.uplink.on_completions(batch)
+
+    # ---------------------------------------------------------------- cloud -> local
+
+    def _from_cloud(self, incoming: Incoming) -> None:
+        self.received += 1
+        for route, match in self.down:
+            if not match(incoming.topic):
+                continue
+            try:
+                topic = route.target_topic(incoming.topic, self.thing)
+                self.broker.publish(topic, incoming.payload, min(route.qos, incoming.qos),
+                                    False, incoming.properties, origin=CLOUD_ORIGIN)
+            except (InvalidTopic, ValueError) as exc:
+                self._bad_topic(route, incoming.topic, exc)
+
+    # ---------------------------------------------------------------- connection state
+
+    def _on_state(self, state: str, why: str | None) -> None:
+        if self._stopping:
+            return
+        if state == "connected":
+            self.connects += 1
+            if self.down:
+                self.link.subscribe([(r.source_filter(self.thing), r.qos)
+                                     for r, _ in self.down])
+            self.uplink.on_connected()
+            log.info("cloud: connected to %s:%d (%d messages spooled)",
+                     self.settings.endpoint, self.settings.port, self.spool.count)
+        elif state == "disconnected":
+            self.uplink.on_disconnected()
+            log.warning("cloud: connection lost (%s); %d messages spooled, reconnecting",
+                        why, self.spool.count)
+        elif state == "connecting" and why is not None:
+            self.connection_failures += 1
+            if self.connection_failures == 1 or self.connection_failures % 20 == 0:
+                log.warning("cloud: cannot connect to %s:%d (%s); %d attempts so far",
+                            self.settings.endpoint, self.settings.port, why,
+                            self.connection_failures)
+        if state == "connecting" and self.state == "disconnected":
+            state = "disconnected"  # still down: keep saying so while retrying
+        self._set_state(state, why)
+
+    def _set_state(self, state: str, why: str | None) -> None:
+        if why is not None:
+            self.last_error = why
+        if state == self.state and why is None:
+            return
+        changed = state != self.state
+        self.state = state
+        if changed:
+            self.since = time.time()
+        try:
+            self.broker.publish(STATUS_TOPIC, json.dumps(self.connection_document()), 1, True)
+        except Exception:  # the broker is stopping; the state is in status() anyway
+            log.debug("cannot publish %s", STATUS_TOPIC, exc_info=True)
+
+    def connection_document(self) -> dict:
+        return {"state": self.state, "endpoint": f"{self.settings.endpoint}:{self.settings.port}",
+                "thing_name": self.thing, "since": round(self.since, 3),
+                "last_error": self.last_error}
+
+    def status(self) -> dict:
+        return {**self.connection_document(), "connects": self.connects,
+                "connection_failures": self.connection_failures,
+                "sent": self.uplink.sent, "resent": self.uplink.resent,
+                "received": self.received, "dropped_bad_topic": self.dropped_bad_topic,
+                "routes_up": len(self.up), "routes_down": len(self.down),
+                "spool": self.spool.status()}
+
+
+def offline_status(cfg: GatewayConfig) -> dict:
+    """The status of a gateway with no cloud configured."""
+    return {"state": "offline", "endpoint": None, "reason": "no cloud.endpoint configured",
+            "routes_up": sum(r.direction == "up" for r in cfg.routes),
+            "routes_down": sum(r.direction == "down" for r in cfg.routes)}

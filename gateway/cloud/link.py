@@ -1,0 +1,243 @@
+"""The MQTT 5 connection to AWS IoT Core, through awsiotsdk over mutual TLS.
+
+The SDK's client (awscrt) runs its own event-loop thread: it connects, reconnects with
+exponential backoff and full jitter, and calls back on that thread. Everything that reaches
+the gateway is handed to the asyncio loop with call_soon_threadsafe; publish completions
+are batched so a fast drain costs one hop per batch, not one per message.
+
+The SDK keeps no queue of its own here (FAIL_ALL_ON_DISCONNECT): what was not acknowledged
+when a connection drops fails back to the spool, which sends it again in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import CloudSettings
+from ..errors import UserError
+
+log = logging.getLogger("lichen.cloud")
+
+# PUBACK reasons that mean "later", not "never": the message is sent again.
+_RETRY_REASONS = {0x97, 0x89}   # quota exceeded, server busy
+
+
+class CloudConfigError(UserError):
+    """The cloud connection cannot be built from the configured files."""
+
+
+@dataclass(slots=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    qos: int
+    properties: dict
+
+
+# what a publish came to: (token, ok, permanent failure?, why)
+Completion = tuple[object, bool, bool, str]
+
+
+class CloudLink:
+    """One client to the cloud; callbacks run on the gateway's event loop."""
+
+    def __init__(self, settings: CloudSettings, state_dir: Path,
+                 on_state: Callable[[str, str | None], None],
+                 on_message: Callable[[Incoming], None],
+                 on_completions: Callable[[list[Completion]], None]) -> None:
+        self.settings = settings
+        self.state_dir = state_dir
+        self._on_state = on_state
+        self._on_message = on_message
+        self._on_completions = on_completions
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = None
+        self._done: list[Completion] = []
+        self._done_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._mqtt5 = None
+
+    def _path(self, name: str | None) -> str | None:
+        if name is None:
+            return None
+        p = Path(name)
+        p = p if p.is_absolute() else self.state_dir / p
+        if not p.is_file():
+            which = _which(self.settings, name)
+            raise CloudConfigError(f"cloud.{which}: cannot read {p}; put the gateway's AWS IoT "
+                                   "certificate files there (relative paths start at the "
+                                   "state directory)")
+        return str(p)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        from awscrt import mqtt5
+        from awsiot import mqtt5_client_builder
+
+        self._loop = loop
+        self._mqtt5 = mqtt5
+        s = self.settings
+        cert, key, ca = self._path(s.cert_file), self._path(s.key_file), self._path(s.ca_file)
+        validation = (mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
+                      if s.aws_iot_limits else mqtt5.ExtendedValidationAndFlowControlOptions.NONE)
+        try:
+            self._client = mqtt5_client_builder.mtls_from_path(
+                endpoint=s.endpoint, port=s.port, cert_filepath=cert, pri_key_filepath=key,
+                ca_filepath=ca, client_id=s.thing_name,
+                keep_alive_interval_sec=s.keepalive_s,
+                session_expiry_interval_sec=s.session_expiry_s,
+                session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
+                offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType
+                .FAIL_ALL_ON_DISCONNECT,
+                retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
+                min_reconnect_delay_ms=int(s.min_reconnect_s * 1000),
+                max_reconnect_delay_ms=int(s.max_reconnect_s * 1000),
+                ack_timeout_sec=60,
+                extended_validation_and_flow_control_options=validation,
+                enable_metrics_collection=False,
+                on_publish_received=self._received,
+                on_lifecycle_attempting_connect=lambda d: self._state("connecting", None),
+                on_lifecycle_connection_success=lambda d: self._state("connected", None),
+                on_lifecycle_connection_failure=lambda d: self._state(
+                    "connecting", _describe(d.exception, d.connack_packet)),
+                on_lifecycle_disconnection=lambda d: self._state(
+                    "disconnected", _describe(d.exception, d.disconnect_packet)),
+                on_lifecycle_stopped=lambda d: self._stopped.set(),
+            )
+        except Exception as exc:  # bad key or certificate files: say which, start nothing
+            raise CloudConfigError(f"cloud: cannot use the certificate files ({cert}, {key}"
+                                   f"{', ' + ca if ca else ''}): {exc}") from None
+        self._client.start()
+
+    async def stop(self) -> None:
+        if self._client is None:
+            return
+        self._client.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self._stopped.wait, 5.0)
+        self._client = None
+
+    # ---------------------------------------------------------------- to the cloud
+
+    def publish(self, token: object, topic: str, payload: bytes, qos: int,
+                properties: dict, expiry_s: int | None) -> None:
+        """Send one message; its Completion reaches on_completions later."""
+        mqtt5 = self._mqtt5
+        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS(qos))
+        if expiry_s is not None:
+            packet.message_expiry_interval_sec = expiry_s
+        if properties:
+            _apply_properties(mqtt5, packet, properties)
+        future = self._client.publish(packet)
+        future.add_done_callback(lambda f: self._completed(token, f))
+
+    def subscribe(self, filters: list[tuple[str, int]]) -> None:
+        mqtt5 = self._mqtt5
+        for i in range(0, len(filters), 8):  # AWS IoT: at most 8 filters per SUBSCRIBE
+            chunk = filters[i:i + 8]
+            packet = mqtt5.SubscribePacket(subscriptions=[
+                mqtt5.Subscription(topic_filter=f, qos=mqtt5.QoS(q)) for f, q in chunk])
+            future = self._client.subscribe(packet)
+            future.add_done_callback(lambda f, chunk=chunk: self._subscribed(chunk, f))
+
+    # ---------------------------------------------------------------- SDK thread -> loop
+
+    def _completed(self, token: object, future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            # Failed with the connection (or timed out): send again, not lost.
+            item = (token, False, False, str(exc))
+        else:
+            puback = future.result().puback
+            code = int(puback.reason_code) if puback is not None else 0
+            if code < 0x80:
+                item = (token, True, False, "")
+            else:
+                why = f"reason code 0x{code:02X} {puback.reason_string or ''}".strip()
+                item = (token, False, code not in _RETRY_REASONS, why)
+        with self._done_lock:
+            self._done.append(item)
+            first = len(self._done) == 1
+        if first:
+            self._call(self._deliver_completions)
+
+    def _deliver_completions(self) -> None:
+        with self._done_lock:
+            batch, self._done = self._done, []
+        if batch:
+            self._on_completions(batch)
+
+    def _subscribed(self, chunk: list[tuple[str, int]], future) -> None:
+        exc = future.exception()
+        if exc is not None:
+            log.warning("cloud: subscribing to %s failed: %s", [f for f, _ in chunk], exc)
+            return
+        for (topic_filter, _), code in zip(chunk, future.result().reason_codes, strict=False):
+            if int(code) >= 0x80:
+                log.warning("cloud: subscription to %s refused: %s", topic_filter, code.name)
+
+    def _received(self, data) -> None:
+        p = data.publish_packet
+        payload = p.payload if isinstance(p.payload, bytes) else bytes(p.payload or b"")
+        props: dict = {}
+        if p.content_type:
+            props["content_type"] = p.content_type
+        if p.response_topic:
+            props["response_topic"] = p.response_topic
+        if p.correlation_data:
+            props["correlation_data"] = bytes(p.correlation_data)
+        if p.user_properties:
+            props["user_property"] = [(u.name, u.value) for u in p.user_properties]
+        if p.payload_format_indicator is not None:
+            props["payload_format_indicator"] = int(p.payload_format_indicator)
+        if p.message_expiry_interval_sec is not None:
+            props["message_expiry_interval"] = p.message_expiry_interval_sec
+        self._call(self._on_message, Incoming(p.topic, payload, int(p.qos), props))
+
+    def _state(self, state: str, why: str | None) -> None:
+        self._call(self._on_state, state, why)
+
+    def _call(self, fn: Callable, *args) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # the loop closed meanwhile: the gateway is stopping
+                pass
+
+
+def _apply_properties(mqtt5, packet, props: dict) -> None:
+    if "content_type" in props:
+        packet.content_type = props["content_type"]
+    if "response_topic" in props:
+        packet.response_topic = props["response_topic"]
+    if "correlation_data" in props:
+        packet.correlation_data = props["correlation_data"]
+    if "payload_format_indicator" in props:
+        packet.payload_format_indicator = mqtt5.PayloadFormatIndicator(
+            props["payload_format_indicator"])
+    if "user_property" in props:
+        packet.user_properties = [mqtt5.UserProperty(name=k, value=v)
+                                  for k, v in props["user_property"]]
+
+
+def _describe(exc: BaseException | None, packet) -> str:
+    parts = []
+    if packet is not None and getattr(packet, "reason_code", None) is not None:
+        code = packet.reason_code
+        parts.append(f"{getattr(code, 'name', code)}")
+        if getattr(packet, "reason_string", None):
+            parts.append(packet.reason_string)
+    if exc is not None:
+        parts.append(getattr(exc, "name", None) or str(exc))
+    return ": ".join(parts) or "unknown"
+
+
+def _which(settings: CloudSettings, value: str) -> str:
+    for name in ("cert_file", "key_file", "ca_file"):
+        if getattr(settings, name) == value:
+            return name
+    return "?"

@@ -1,0 +1,93 @@
+"""A TCP proxy on 127.0.0.1 that plays the uplink: it can be cut and restored, and can limit
+its bandwidth, for tests and benchmarks of the cloud connection (the gateway connects to the
+proxy, the proxy to the stand-in). Threads and blocking sockets: few connections, simple.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+CHUNK = 65536
+
+
+class LinkProxy:
+    def __init__(self, target_port: int, rate_bytes_s: float | None = None) -> None:
+        self.target_port = target_port
+        self.rate = rate_bytes_s
+        self.up = True
+        self.connections = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name="linkproxy", daemon=True).start()
+
+    def cut(self) -> None:
+        """Drop every connection and refuse new ones, as a dead uplink does."""
+        self.up = False
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for a, b in pairs:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self._server.close()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            for s in (client, upstream):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                self._pairs.append((client, upstream))
+                self.connections += 1
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        started = time.monotonic()
+        sent = 0
+        try:
+            while True:
+                data = src.recv(CHUNK)
+                if not data:
+                    break
+                if self.rate:  # pace to the configured bandwidth
+                    sent += len(data)
+                    ahead = sent / self.rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

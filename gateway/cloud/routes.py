@@ -1,0 +1,121 @@
+"""`[[routes]]`: which local topics go up to the cloud and which cloud topics come down.
+
+A route has a direction, a topic filter on its source side, a topic template for the other
+side, and a QoS. The template's placeholders: `{topic}` the whole source topic, `{1}`,
+`{2}`... its levels (1-based), `{thing}` the gateway's cloud thing name (also allowed in the
+filter). The pure parts live here; the bridge does the I/O.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from dataclasses import dataclass
+from typing import Any
+
+from ..config import ConfigError
+from ..config_tables import check_named_table
+from ..mqtt.topics import InvalidTopic, validate_topic_filter, validate_topic_name
+
+DIRECTIONS = ("up", "down")
+_KEYS = {"name", "direction", "filter", "topic", "qos"}
+_LEVEL = re.compile(r"[1-9][0-9]{0,2}")
+MAX_ROUTES = 1000
+
+
+class RouteConfigError(ConfigError):
+    """One line naming the field, as every config error."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    direction: str          # "up": local -> cloud; "down": cloud -> local
+    filter: str             # on the source side; may contain {thing}
+    topic: str = "{topic}"  # template for the destination topic
+    qos: int = 1
+
+    def source_filter(self, thing: str) -> str:
+        return self.filter.replace("{thing}", thing)
+
+    def target_topic(self, source_topic: str, thing: str) -> str:
+        """The destination topic for a message on `source_topic`; InvalidTopic if the
+        template names a level the topic does not have or the result is not a topic."""
+        levels = source_topic.split("/")
+        out = []
+        for literal, field, _, _ in string.Formatter().parse(self.topic):
+            out.append(literal)
+            if field is None:
+                continue
+            if field == "topic":
+                out.append(source_topic)
+            elif field == "thing":
+                out.append(thing)
+            else:
+                index = int(field)
+                if index > len(levels):
+                    raise InvalidTopic(f"route {self.name}: topic {source_topic!r} has no "
+                                       f"level {index}")
+                out.append(levels[index - 1])
+        result = "".join(out)
+        validate_topic_name(result)
+        return result
+
+
+def _check_template(where: str, template: Any) -> str:
+    if not isinstance(template, str) or not template:
+        raise RouteConfigError(f"{where}.topic: must be a topic template, got {template!r}")
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise RouteConfigError(f"{where}.topic: {exc} in {template!r} (placeholders are "
+                               "{topic}, {thing}, {1}, {2}...)") from None
+    for literal, field, spec, conv in parts:
+        if "+" in literal or "#" in literal:
+            raise RouteConfigError(f"{where}.topic: a topic name cannot hold '+' or '#', "
+                                   f"got {template!r}")
+        if field is None:
+            continue
+        if spec or conv or not (field in ("topic", "thing") or _LEVEL.fullmatch(field)):
+            raise RouteConfigError(f"{where}.topic: unknown placeholder {{{field}}} in "
+                                   f"{template!r} (known: {{topic}}, {{thing}}, {{1}}, "
+                                   "{2}...)")
+    return template
+
+
+def parse_route(item: Any, where: str) -> Route:
+    name = check_named_table(item, where, _KEYS, RouteConfigError)
+    direction = item.get("direction")
+    if direction not in DIRECTIONS:
+        raise RouteConfigError(f"{where}.direction: must be \"up\" (local to cloud) or "
+                               f"\"down\" (cloud to local), got {direction!r}")
+    topic_filter = item.get("filter")
+    if not isinstance(topic_filter, str):
+        raise RouteConfigError(f"{where}.filter: must be a topic filter, got {topic_filter!r}")
+    try:
+        validate_topic_filter(topic_filter.replace("{thing}", "thing"))
+    except InvalidTopic as exc:
+        raise RouteConfigError(f"{where}.filter: {exc}") from None
+    if topic_filter.startswith("$share/"):
+        raise RouteConfigError(f"{where}.filter: a route cannot join a shared subscription, "
+                               f"got {topic_filter!r}")
+    template = _check_template(where, item.get("topic", "{topic}"))
+    qos = item.get("qos", 1)
+    if isinstance(qos, bool) or qos not in (0, 1):
+        raise RouteConfigError(f"{where}.qos: must be 0 or 1 (AWS IoT Core has no QoS 2), "
+                               f"got {qos!r}")
+    return Route(name, direction, topic_filter, template, qos)
+
+
+def parse_routes(items: Any) -> list[Route]:
+    if not isinstance(items, list):
+        raise RouteConfigError(f"routes: must be an array of tables ([[routes]]), got {items!r}")
+    if len(items) > MAX_ROUTES:
+        raise RouteConfigError(f"routes: at most {MAX_ROUTES} routes, got {len(items)}")
+    routes: list[Route] = []
+    for i, item in enumerate(items):
+        route = parse_route(item, f"routes[{i}]")
+        if any(r.name == route.name for r in routes):
+            raise RouteConfigError(f"routes[{i}].name: {route.name!r} is used by another route")
+        routes.append(route)
+    return routes

@@ -1,0 +1,1 @@
+"""The durable queue of everything bound for the cloud."""

@@ -1,0 +1,103 @@
+"""The spool's SQLite file: one row per message bound for the cloud, in arrival order.
+
+Written through a group-commit thread (gateway.group_commit): inserts and deletes from the
+loop are batched, and reads of the backlog run on the same thread after every write queued
+before them, so a read never misses a message the loop already spooled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..group_commit import GroupCommitWriter, open_wal
+from ..mqtt.store import props_from_json, props_to_json
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY, route TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
+    qos INTEGER NOT NULL, properties TEXT, expiry_at REAL, size INTEGER NOT NULL,
+    spooled_at REAL NOT NULL);
+"""
+
+
+class Entry:
+    """One spooled message, as the uplink sends it (topic already rewritten for the cloud)."""
+
+    __slots__ = ("seq", "route", "topic", "payload", "qos", "properties", "expiry_at",
+                 "size", "spooled_at", "durable", "done")
+
+    def __init__(self, seq: int, route: str, topic: str, payload: bytes, qos: int,
+                 properties: dict, expiry_at: float | None, spooled_at: float,
+                 durable: bool) -> None:
+        self.seq = seq
+        self.route = route
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.properties = properties
+        self.expiry_at = expiry_at
+        self.size = len(topic) + len(payload)
+        self.spooled_at = spooled_at
+        self.durable = durable       # has a row on disk
+        self.done = False            # acknowledged by the cloud or dropped
+
+    def __repr__(self) -> str:
+        return f"Entry({self.seq}, {self.topic!r}, {len(self.payload)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    count: int
+    bytes: int
+    last_seq: int
+
+
+class SpoolDB:
+    def __init__(self, path: Path, sync: str = "normal") -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = open_wal(self.path, sync, SCHEMA)
+        self.writer = GroupCommitWriter(self._db, "lichen-spool")
+        self.after_commit = self.writer.after_commit
+        self.flush = self.writer.flush
+
+    def totals(self) -> Totals:
+        """What the file holds (call before start)."""
+        count, size, last = self._db.execute(
+            "SELECT count(*), coalesce(sum(size), 0), coalesce(max(seq), 0) FROM spool"
+        ).fetchone()
+        return Totals(count, size, last)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.writer.start(loop)
+
+    def insert(self, e: Entry) -> None:
+        self.writer.write("INSERT INTO spool VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                          (e.seq, e.route, e.topic, e.payload, e.qos,
+                           props_to_json(e.properties), e.expiry_at, e.size, e.spooled_at))
+
+    def delete(self, seq: int) -> None:
+        self.writer.write("DELETE FROM spool WHERE seq = ?", (seq,))
+
+    def delete_many(self, seqs: list[int]) -> None:
+        self.writer.write_many("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+
+    def load(self, after_seq: int, limit: int,
+             done: Callable[[list[Entry] | Exception], None]) -> None:
+        """The next `limit` messages after `after_seq`, once earlier writes are in."""
+        def read(db: sqlite3.Connection) -> list[Entry]:
+            rows = db.execute("SELECT seq, route, topic, payload, qos, properties, expiry_at, "
+                              "spooled_at FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                              (after_seq, limit)).fetchall()
+            return [Entry(seq, route, topic, payload, qos, props_from_json(props), expiry,
+                          at, True)
+                    for seq, route, topic, payload, qos, props, expiry, at in rows]
+
+        self.writer.call(read, done)
+
+    def close(self) -> None:
+        self.writer.close()
