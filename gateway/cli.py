@@ -104,6 +104,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"subscriptions: {mqtt['subscriptions']}  retained: {mqtt['retained']}")
             stats = mqtt["stats"]
             print(f"messages in/out: {stats['messages_received']}/{stats['messages_sent']}")
+        cloud = status.get("cloud")
+        if running and cloud:
+            print(f"cloud: {cloud['state']}" + (f" ({cloud['endpoint']})"
+                                                if cloud.get("endpoint") else ""))
+            spool = cloud.get("spool")
+            if spool:
+                print(f"spool: {spool['messages']} messages, {spool['bytes']} bytes; "
+                      f"{spool['sent_acknowledged']} sent, {spool['refused_full']} refused, "
+                      f"{spool['dropped_oldest']} dropped when full")
     if not running:
         print(f"lichen: no gateway is running on {state_dir}", file=sys.stderr)
         return 3

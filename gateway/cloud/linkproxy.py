@@ -44,6 +44,10 @@ class LinkProxy:
     def close(self) -> None:
         self._closed = True
         self.cut()
+        try:
+            self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        except OSError:
+            pass
         self._server.close()
 
     def _accept(self) -> None:

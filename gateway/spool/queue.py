@@ -181,19 +181,13 @@ class Spool:
 
     def rewind(self) -> int:
         """The link dropped: what was sent but not acknowledged goes first again."""
-        entries = sorted(self._inflight.values(), key=lambda e: e.seq)
-        self._inflight.clear()
-        for e in reversed(entries):
-            self._queue.appendleft(e)
-            self._requeued[e.seq] = e
-        if entries:
-            self._wake()
-        return len(entries)
+        return self.retry(list(self._inflight))
 
     def retry(self, seqs: list[int]) -> int:
         """These sends failed: put them back at the front, in order, ahead of the rest."""
         entries = [e for e in (self._inflight.pop(s, None) for s in seqs) if e is not None]
-        if not entries:
+        moved = len(entries)
+        if not moved:
             return 0
         queue = self._queue
         while queue and queue[0].seq in self._requeued:  # merge with earlier retries
@@ -203,7 +197,7 @@ class Spool:
             queue.appendleft(e)
             self._requeued[e.seq] = e
         self._wake()
-        return len(entries)
+        return moved
 
     @property
     def inflight(self) -> int:
