@@ -18,6 +18,7 @@ class LinkProxy:
         self.rate = rate_bytes_s
         self.up = True
         self.connections = 0
+        self.bytes_up = 0              # client -> target, all connections
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -70,10 +71,12 @@ class LinkProxy:
             with self._lock:
                 self._pairs.append((client, upstream))
                 self.connections += 1
-            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client), daemon=True).start()
+            threading.Thread(target=self._pump, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False),
+                             daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         started = time.monotonic()
         sent = 0
         try:
@@ -81,6 +84,8 @@ class LinkProxy:
                 data = src.recv(CHUNK)
                 if not data:
                     break
+                if up:
+                    self.bytes_up += len(data)
                 if self.rate:  # pace to the configured bandwidth
                     sent += len(data)
                     ahead = sent / self.rate - (time.monotonic() - started)
