@@ -186,7 +186,7 @@ def one_run(kind: type[Gateway], work: Path, duration: float, link_kbps: float) 
     gw = kind(work, standin, link)
     result: dict = {}
     try:
-        link.cut()
+        link.cut(hold=True)  # mosquitto 2.0.11's bridge stops retrying after failures
         gw.start()
         time.sleep(1.0)
         lg = ingest(gw.port, duration)
@@ -206,7 +206,7 @@ def one_run(kind: type[Gateway], work: Path, duration: float, link_kbps: float) 
         log(f"  {kind.name}: drain {drained}")
 
         # a paced link: the same backlog size, as a share of what the link can carry
-        link.cut()
+        link.cut(hold=True)
         time.sleep(0.5)
         lg = ingest(gw.port, 2.0)
         backlog = int(lg.get("total_sent", 0))

@@ -19,6 +19,8 @@ class LinkProxy:
         self.up = True
         self.connections = 0
         self.bytes_up = 0              # client -> target, all connections
+        self.hold = False
+        self._held: list[socket.socket] = []
         self._server = socket.create_server(("127.0.0.1", 0))
         self.port = self._server.getsockname()[1]
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -26,9 +28,12 @@ class LinkProxy:
         self._closed = False
         threading.Thread(target=self._accept, name="linkproxy", daemon=True).start()
 
-    def cut(self) -> None:
-        """Drop every connection and refuse new ones, as a dead uplink does."""
+    def cut(self, hold: bool = False) -> None:
+        """Drop every connection and refuse new ones, as a dead uplink does; hold=True
+        accepts new ones but passes nothing until restore(), as a link that drops packets
+        (a client's connect then hangs instead of failing)."""
         self.up = False
+        self.hold = hold
         with self._lock:
             pairs, self._pairs = self._pairs, []
         for a, b in pairs:
@@ -41,10 +46,18 @@ class LinkProxy:
 
     def restore(self) -> None:
         self.up = True
+        with self._lock:
+            held, self._held = self._held, []
+        for client in held:
+            self._connect(client)
 
     def close(self) -> None:
         self._closed = True
         self.cut()
+        with self._lock:
+            held, self._held = self._held, []
+        for client in held:
+            client.close()
         try:
             self._server.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
         except OSError:
@@ -58,23 +71,28 @@ class LinkProxy:
             except OSError:
                 return
             if not self.up:
-                client.close()
+                if self.hold:
+                    with self._lock:
+                        self._held.append(client)
+                else:
+                    client.close()
                 continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
-                upstream.settimeout(None)
-            except OSError:
-                client.close()
-                continue
-            for s in (client, upstream):
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                self._pairs.append((client, upstream))
-                self.connections += 1
-            threading.Thread(target=self._pump, args=(client, upstream, True),
-                             daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, client, False),
-                             daemon=True).start()
+            self._connect(client)
+
+    def _connect(self, client: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            upstream.settimeout(None)
+        except OSError:
+            client.close()
+            return
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self._lock:
+            self._pairs.append((client, upstream))
+            self.connections += 1
+        threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, up: bool) -> None:
         started = time.monotonic()
