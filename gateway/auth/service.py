@@ -175,10 +175,9 @@ class DeviceAuth(AuthHooks):
     def _admit(self, info: ClientInfo, der: bytes) -> int:
         cert_id = fingerprint_der(der)
         info.certificate_id = cert_id
+        if self.registry.data_version() != self._version:
+            self._reload()  # enrolled or revoked since the watcher last looked
         rec = self._certs.get(cert_id)
-        if rec is None and self.registry.data_version() != self._version:
-            self._reload()  # enrolled since the watcher last looked
-            rec = self._certs.get(cert_id)
         if rec is not None:
             if not rec.active:
                 log.warning("refused %s: certificate %s... of thing %s is revoked",

@@ -8,6 +8,7 @@ filter). The pure parts live here; the bridge does the I/O.
 
 from __future__ import annotations
 
+import functools
 import re
 import string
 from dataclasses import dataclass
@@ -41,25 +42,49 @@ class Route:
     def target_topic(self, source_topic: str, thing: str) -> str:
         """The destination topic for a message on `source_topic`; InvalidTopic if the
         template names a level the topic does not have or the result is not a topic."""
-        levels = source_topic.split("/")
+        parts = _compiled(self.topic)
+        if parts is _WHOLE_TOPIC:
+            return source_topic
+        levels = source_topic.split("/") if any(type(p) is int for p in parts) else ()
         out = []
-        for literal, field, _, _ in string.Formatter().parse(self.topic):
-            out.append(literal)
-            if field is None:
-                continue
-            if field == "topic":
+        for part in parts:
+            if type(part) is str:
+                out.append(part)
+            elif part is _TOPIC:
                 out.append(source_topic)
-            elif field == "thing":
+            elif part is _THING:
                 out.append(thing)
             else:
-                index = int(field)
-                if index > len(levels):
+                if part > len(levels):
                     raise InvalidTopic(f"route {self.name}: topic {source_topic!r} has no "
-                                       f"level {index}")
-                out.append(levels[index - 1])
+                                       f"level {part}")
+                out.append(levels[part - 1])
         result = "".join(out)
         validate_topic_name(result)
         return result
+
+
+class _Placeholder:
+    __slots__ = ()
+
+
+_TOPIC, _THING = _Placeholder(), _Placeholder()
+_WHOLE_TOPIC: list = [_TOPIC]
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled(template: str) -> list:
+    """The template as literal strings, _TOPIC, _THING and level numbers, parsed once."""
+    if template == "{topic}":
+        return _WHOLE_TOPIC
+    parts: list = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        if literal:
+            parts.append(literal)
+        if field is None:
+            continue
+        parts.append(_TOPIC if field == "topic" else _THING if field == "thing" else int(field))
+    return parts
 
 
 def _check_template(where: str, template: Any) -> str:
