@@ -42,10 +42,10 @@ class Route:
     def target_topic(self, source_topic: str, thing: str) -> str:
         """The destination topic for a message on `source_topic`; InvalidTopic if the
         template names a level the topic does not have or the result is not a topic."""
-        parts = _compiled(self.topic)
+        parts, needs_levels = _compiled(self.topic)
         if parts is _WHOLE_TOPIC:
             return source_topic
-        levels = source_topic.split("/") if any(type(p) is int for p in parts) else ()
+        levels = source_topic.split("/") if needs_levels else ()
         out = []
         for part in parts:
             if type(part) is str:
@@ -73,10 +73,11 @@ _WHOLE_TOPIC: list = [_TOPIC]
 
 
 @functools.lru_cache(maxsize=1024)
-def _compiled(template: str) -> list:
-    """The template as literal strings, _TOPIC, _THING and level numbers, parsed once."""
+def _compiled(template: str) -> tuple[list, bool]:
+    """The template as literal strings, _TOPIC, _THING and level numbers, parsed once;
+    and whether it names levels."""
     if template == "{topic}":
-        return _WHOLE_TOPIC
+        return _WHOLE_TOPIC, False
     parts: list = []
     for literal, field, _, _ in string.Formatter().parse(template):
         if literal:
@@ -84,7 +85,7 @@ def _compiled(template: str) -> list:
         if field is None:
             continue
         parts.append(_TOPIC if field == "topic" else _THING if field == "thing" else int(field))
-    return parts
+    return parts, any(type(p) is int for p in parts)
 
 
 def _check_template(where: str, template: Any) -> str:

@@ -33,6 +33,9 @@ class CommitWait:
 
     def then(self, fn: Callable[[], None]) -> None:
         """Run fn once every source has committed what was queued so far."""
+        if len(self.sources) == 1:
+            self.sources[0].after_commit(fn)
+            return
         remaining = [len(self.sources)]
 
         def one() -> None:
@@ -44,8 +47,20 @@ class CommitWait:
             source.after_commit(one)
 
 
+_REFUSED_ONLY = CommitWait([], True)
+_single: dict[int, tuple[CommitSource, CommitWait]] = {}
+
+
 def combine(broker_store: CommitSource | None, broker_durable: bool,
             answers: list) -> CommitWait:
+    if len(answers) == 1 and not broker_durable:  # the usual case: one spool, shared waits
+        answer = answers[0]
+        if answer is REFUSED:
+            return _REFUSED_ONLY
+        cached = _single.get(id(answer))
+        if cached is None or cached[0] is not answer:
+            cached = _single[id(answer)] = (answer, CommitWait([answer], False))
+        return cached[1]
     sources = [a for a in answers if a is not REFUSED]
     if broker_durable and broker_store is not None:
         sources.insert(0, broker_store)
