@@ -56,14 +56,50 @@ class Totals:
     last_seq: int
 
 
+_COLUMNS = 9
+_CHUNKS = (256, 32, 4, 1)   # rows per INSERT statement: few distinct statements, all cached
+
+
+def _insert_sql(rows: int) -> str:
+    return "INSERT INTO spool VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
+
+
+_INSERT_SQL = {n: _insert_sql(n) for n in _CHUNKS}
+
+
+def seq_ranges(seqs: list[int]) -> list[tuple[int, int]]:
+    """Sorted, merged runs of consecutive numbers: acks mostly come in order."""
+    ranges: list[tuple[int, int]] = []
+    for seq in sorted(seqs):
+        if ranges and seq <= ranges[-1][1] + 1:
+            if seq > ranges[-1][1]:
+                ranges[-1] = (ranges[-1][0], seq)
+        else:
+            ranges.append((seq, seq))
+    return ranges
+
+
 class SpoolDB:
+    """Rows are gathered on the loop and handed to the writer once per loop turn (or
+    before anyone waits for a commit) as multi-row INSERTs: each SQLite call releases and
+    retakes the GIL, so one call per row would make the writer thread fight the event
+    loop thousands of times a second."""
+
     def __init__(self, path: Path, sync: str = "normal") -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = open_wal(self.path, sync, SCHEMA)
         self.writer = GroupCommitWriter(self._db, "lichen-spool")
-        self.after_commit = self.writer.after_commit
-        self.flush = self.writer.flush
+        self._rows: list = []      # flattened columns of rows not yet handed over
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def after_commit(self, fn: Callable[[], None]) -> None:
+        self._hand_over()
+        self.writer.after_commit(fn)
+
+    async def flush(self) -> None:
+        self._hand_over()
+        await self.writer.flush()
 
     def totals(self) -> Totals:
         """What the file holds (call before start)."""
@@ -73,18 +109,34 @@ class SpoolDB:
         return Totals(count, size, last)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
         self.writer.start(loop)
 
     def insert(self, e: Entry) -> None:
-        self.writer.write("INSERT INTO spool VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                          (e.seq, e.route, e.topic, e.payload, e.qos,
-                           props_to_json(e.properties), e.expiry_at, e.size, e.spooled_at))
+        rows = self._rows
+        if not rows and self._loop is not None:
+            self._loop.call_soon(self._hand_over)
+        rows += (e.seq, e.route, e.topic, e.payload, e.qos, props_to_json(e.properties),
+                 e.expiry_at, e.size, e.spooled_at)
 
-    def delete(self, seq: int) -> None:
-        self.writer.write("DELETE FROM spool WHERE seq = ?", (seq,))
+    def _hand_over(self) -> None:
+        rows = self._rows
+        if not rows:
+            return
+        self._rows = []
+        count = len(rows) // _COLUMNS
+        start = 0
+        for chunk in _CHUNKS:
+            while count >= chunk:
+                end = start + chunk * _COLUMNS
+                self.writer.write(_INSERT_SQL[chunk], tuple(rows[start:end]))
+                start = end
+                count -= chunk
 
     def delete_many(self, seqs: list[int]) -> None:
-        self.writer.write_many("DELETE FROM spool WHERE seq = ?", [(s,) for s in seqs])
+        self._hand_over()  # a row must be inserted before it can be deleted
+        self.writer.write_many("DELETE FROM spool WHERE seq BETWEEN ? AND ?",
+                               seq_ranges(seqs))
 
     def load(self, after_seq: int, limit: int,
              done: Callable[[list[Entry] | Exception], None]) -> None:
@@ -97,7 +149,9 @@ class SpoolDB:
                           at, True)
                     for seq, route, topic, payload, qos, props, expiry, at in rows]
 
+        self._hand_over()
         self.writer.call(read, done)
 
     def close(self) -> None:
+        self._hand_over()
         self.writer.close()

@@ -170,3 +170,25 @@ def test_qos0_in_memory_only(tmp_path):
         reopened.db.close()
 
     asyncio.run(main())
+
+
+def test_acknowledged_runs_are_deleted_as_ranges():
+    from gateway.spool.store import seq_ranges
+
+    assert seq_ranges([5, 3, 4, 9, 10, 12, 4]) == [(3, 5), (9, 10), (12, 12)]
+    assert seq_ranges([]) == []
+
+
+def test_many_rows_in_one_turn_all_land(tmp_path):
+    async def main():
+        spool = make(tmp_path / "s.db", memory_window=100)
+        spool.open(asyncio.get_running_loop())
+        for i in range(1234):    # 256 + 32 + 4 + 1-row statements, in one loop turn
+            offer(spool, "t", str(i).encode())
+        await spool.db.flush()
+        assert spool.db.totals().count == 1234
+        got = await drain(spool)
+        assert [int(p) for _, p in got] == list(range(1234))
+        await spool.close()
+
+    asyncio.run(main())
