@@ -15,6 +15,8 @@ benchmark cuts and restores. For each broker, in one run:
    a share of what the link can carry (bytes the link moved per message).
 4. ingest while connected: the same load with the link up (Lichen then spools and sends
    at once, on one event loop and the SDK's thread).
+5. awsiotsdk alone: its MQTT 5 client publishing QoS 1 from a plain thread, 100 in flight,
+   over the same kind of link: the ceiling for a drain built on the SDK.
 
 Usage: python bench/spool_bench.py [--brokers lichen,mosquitto] [--repeat 1]
 """
@@ -179,6 +181,53 @@ def ingest(port: int, duration: float) -> dict:
                         "--warmup", "1", "--prefix", PREFIX], duration + 60)
 
 
+def sdk_alone(work: Path, count: int = 50_000, window: int = 100) -> float:
+    """awsiotsdk by itself, from a plain thread, QoS 1 with `window` in flight, over the
+    same link to the same stand-in: the ceiling of any Python gateway built on it."""
+    import threading
+
+    from awscrt import mqtt5
+    from awsiot import mqtt5_client_builder
+
+    standin = Standin(work / "standin-sdk", thing_name=THING)
+    standin.start()
+    link = LinkProxy(standin.port)
+    f = standin.files
+    connected = threading.Event()
+    client = mqtt5_client_builder.mtls_from_path(
+        endpoint="127.0.0.1", port=link.port, cert_filepath=str(f.cert("gateway")),
+        pri_key_filepath=str(f.key("gateway")), ca_filepath=str(f.ca), client_id=THING,
+        extended_validation_and_flow_control_options=(
+            mqtt5.ExtendedValidationAndFlowControlOptions.NONE),
+        on_lifecycle_connection_success=lambda d: connected.set())
+    client.start()
+    try:
+        if not connected.wait(10):
+            return 0.0
+        slots = threading.Semaphore(window)
+        finished = threading.Event()
+        done = [0]
+
+        def completed(_future) -> None:
+            done[0] += 1
+            slots.release()
+            if done[0] == count:
+                finished.set()
+
+        started = time.perf_counter()
+        for i in range(count):
+            slots.acquire()
+            client.publish(mqtt5.PublishPacket(
+                topic=f"{CLOUD_PREFIX}{PREFIX}/fanin/{i % 4}", payload=b"x" * 64,
+                qos=mqtt5.QoS.AT_LEAST_ONCE)).add_done_callback(completed)
+        finished.wait(120)
+        return round(done[0] / (time.perf_counter() - started), 1)
+    finally:
+        client.stop()
+        link.close()
+        standin.stop()
+
+
 def one_run(kind: type[Gateway], work: Path, duration: float, link_kbps: float) -> dict:
     standin = Standin(work / "standin", thing_name=THING)
     standin.start()
@@ -258,11 +307,17 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix=f"spool-{name}-") as tmp:  # noqa: SIM117
                 results.setdefault(name, []).append(
                     one_run(kinds[name], Path(tmp), args.duration, args.link_kbps))
+    sdk_rates = []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory(prefix="spool-sdk-") as tmp:
+            sdk_rates.append(sdk_alone(Path(tmp)))
+    log(f"awsiotsdk alone over the same link: {sdk_rates} msg/s")
     keys = ["ingest_rate", "drain_rate", "limited_drain_rate", "limited_link_share",
             "ingest_connected_rate"]
     summary = {name: {k: statistics.median(r[k] for r in runs) for k in keys}
                for name, runs in results.items()}
-    print(json.dumps({"runs": results, "median": summary}, indent=2))
+    sdk = statistics.median(sdk_rates)
+    print(json.dumps({"runs": results, "median": summary, "sdk_alone_rate": sdk}, indent=2))
     if "lichen" in summary and "mosquitto" in summary:
         lich, mosq = summary["lichen"], summary["mosquitto"]
         print("\n| measure | lichen | mosquitto bridge | lichen / mosquitto |")
@@ -270,6 +325,8 @@ def main() -> int:
         for k in keys:
             ratio = lich[k] / mosq[k] if mosq[k] else float("nan")
             print(f"| {k} | {lich[k]:,.1f} | {mosq[k]:,.1f} | {ratio:.2f}x |")
+        print(f"\nawsiotsdk alone, same link: {sdk:,.0f} msg/s; lichen's drain is "
+              f"{lich['drain_rate'] / sdk:.2f}x of it")
     return 0
 
 

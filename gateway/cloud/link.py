@@ -16,6 +16,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from ..config import CloudSettings
@@ -80,6 +81,8 @@ class CloudLink:
 
         self._loop = loop
         self._mqtt5 = mqtt5
+        self._packet = mqtt5.PublishPacket
+        self._qos = (mqtt5.QoS.AT_MOST_ONCE, mqtt5.QoS.AT_LEAST_ONCE)
         s = self.settings
         cert, key, ca = self._path(s.cert_file), self._path(s.key_file), self._path(s.ca_file)
         validation = (mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
@@ -125,14 +128,12 @@ class CloudLink:
     def publish(self, token: object, topic: str, payload: bytes, qos: int,
                 properties: dict, expiry_s: int | None) -> None:
         """Send one message; its Completion reaches on_completions later."""
-        mqtt5 = self._mqtt5
-        packet = mqtt5.PublishPacket(topic=topic, payload=payload, qos=mqtt5.QoS(qos))
+        packet = self._packet(topic=topic, payload=payload, qos=self._qos[qos])
         if expiry_s is not None:
             packet.message_expiry_interval_sec = expiry_s
         if properties:
-            _apply_properties(mqtt5, packet, properties)
-        future = self._client.publish(packet)
-        future.add_done_callback(lambda f: self._completed(token, f))
+            _apply_properties(self._mqtt5, packet, properties)
+        self._client.publish(packet).add_done_callback(partial(self._completed, token))
 
     def subscribe(self, filters: list[tuple[str, int]]) -> None:
         mqtt5 = self._mqtt5
@@ -152,7 +153,7 @@ class CloudLink:
             item = (token, False, False, str(exc))
         else:
             puback = future.result().puback
-            code = int(puback.reason_code) if puback is not None else 0
+            code = puback.reason_code.value if puback is not None else 0
             if code < 0x80:
                 item = (token, True, False, "")
             else:
