@@ -6,6 +6,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+# one implementation of MQTT matching for the gateway and its devices (stdlib only)
+from gateway.mqtt.topics import topic_matches
+
 # What publish() takes: raw bytes, text (UTF-8), or a JSON object/array (compact JSON).
 Payload = bytes | bytearray | memoryview | str | dict | list
 
@@ -98,15 +101,4 @@ def filter_matches(topic_filter: str, topic: str) -> bool:
     ($share/GROUP/filter) matches as its filter."""
     if topic_filter.startswith("$share/"):
         topic_filter = topic_filter.split("/", 2)[2] if topic_filter.count("/") >= 2 else ""
-    f_levels = topic_filter.split("/")
-    t_levels = topic.split("/")
-    if topic.startswith("$") and f_levels[0] in ("+", "#"):
-        return False
-    for i, f in enumerate(f_levels):
-        if f == "#":
-            return True
-        if i >= len(t_levels):
-            return False
-        if f != "+" and f != t_levels[i]:
-            return False
-    return len(f_levels) == len(t_levels)
+    return topic_matches(topic_filter, topic)
