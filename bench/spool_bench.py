@@ -32,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -175,6 +176,13 @@ class CloudSubscriber:
                 "span_s": round(span, 3)}
 
 
+def local_latency(port: int, duration: float) -> dict:
+    """Local QoS 1 publish-to-delivery latency at 1,000 msg/s on a topic no route takes."""
+    return run_loadgen(["latency", "--port", str(port), "--qos", "1", "--rate", "1000",
+                        "--duration", str(duration), "--warmup", "0.5",
+                        "--prefix", "bench/local"], duration + 60)
+
+
 def ingest(port: int, duration: float) -> dict:
     return run_loadgen(["fanin", "--port", str(port), "--qos", "1", "--pubs", "4",
                         "--window", "64", "--size", "64", "--duration", str(duration),
@@ -184,8 +192,6 @@ def ingest(port: int, duration: float) -> dict:
 def sdk_alone(work: Path, count: int = 50_000, window: int = 100) -> float:
     """awsiotsdk by itself, from a plain thread, QoS 1 with `window` in flight, over the
     same link to the same stand-in: the ceiling of any Python gateway built on it."""
-    import threading
-
     from awscrt import mqtt5
     from awsiot import mqtt5_client_builder
 
@@ -248,8 +254,21 @@ def one_run(kind: type[Gateway], work: Path, duration: float, link_kbps: float) 
         # loadgen counts what it wrote; up to pubs x window of that was never acknowledged
         expect = spooled - UNACKED_MAX
         sub = CloudSubscriber(standin, expect, work / f"{kind.name}-drain.txt")
+        idle = local_latency(gw.port, 3.0).get("latency", {})
+        during: dict = {}
+
+        def measure_during() -> None:
+            during.update(local_latency(gw.port, 3.0).get("latency", {}))
+
+        probe = threading.Thread(target=measure_during)
         link.restore()
+        probe.start()   # local traffic while the backlog drains
         drained = sub.wait(max(120.0, spooled / 2000))
+        probe.join(120)
+        result["local_p99_idle_ms"] = round(idle.get("p99_us", 0) / 1000, 3)
+        result["local_p99_draining_ms"] = round(during.get("p99_us", 0) / 1000, 3)
+        log(f"  {kind.name}: local QoS 1 p99 {result['local_p99_idle_ms']} ms idle, "
+            f"{result['local_p99_draining_ms']} ms while draining")
         result["drain_rate"] = drained["rate"]
         result["drain_complete"] = drained["complete"]
         log(f"  {kind.name}: drain {drained}")
@@ -313,7 +332,7 @@ def main() -> int:
             sdk_rates.append(sdk_alone(Path(tmp)))
     log(f"awsiotsdk alone over the same link: {sdk_rates} msg/s")
     keys = ["ingest_rate", "drain_rate", "limited_drain_rate", "limited_link_share",
-            "ingest_connected_rate"]
+            "ingest_connected_rate", "local_p99_idle_ms", "local_p99_draining_ms"]
     summary = {name: {k: statistics.median(r[k] for r in runs) for k in keys}
                for name, runs in results.items()}
     sdk = statistics.median(sdk_rates)

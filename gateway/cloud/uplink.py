@@ -10,6 +10,7 @@ at least once, in spool order, which keeps per-topic order.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -19,6 +20,7 @@ from .link import CloudLink, Completion
 log = logging.getLogger("lichen.cloud")
 
 REJECT_LOG_INTERVAL = 10.0
+PUMP_BATCH = 32            # publishes handed to the SDK per loop turn
 
 
 class Uplink:
@@ -31,6 +33,7 @@ class Uplink:
         self.sent = 0
         self.resent = 0
         self._reject_log_after = 0.0
+        self._pump_scheduled = False
         spool.listener = self.pump
 
     def on_connected(self) -> None:
@@ -50,6 +53,11 @@ class Uplink:
         room = self.max_inflight - spool.inflight
         if not self.connected or room <= 0:
             return
+        if room > PUMP_BATCH:  # the rest on a later turn: local traffic goes in between
+            room = PUMP_BATCH
+            if not self._pump_scheduled:
+                self._pump_scheduled = True
+                asyncio.get_running_loop().call_soon(self._pump_later)
         link = self.link
         token_epoch = self.epoch
         for e in spool.take(room):
@@ -58,6 +66,10 @@ class Uplink:
                 expiry = max(1, int(e.expiry_at - time.time() + 0.999))
             link.publish((token_epoch, e.seq), e.topic, e.payload, e.qos, e.properties, expiry)
             self.sent += 1
+
+    def _pump_later(self) -> None:
+        self._pump_scheduled = False
+        self.pump()
 
     def on_completions(self, batch: list[Completion]) -> None:
         spool = self.spool

@@ -28,6 +28,7 @@ log = logging.getLogger("lichen.spool")
 
 FULL_LOG_INTERVAL = 10.0      # seconds between "spool full" lines
 LOAD_RETRY = 1.0              # seconds before reading the backlog again after an error
+LOAD_PAGE = 2000              # rows read back from disk at a time
 
 
 @dataclass(slots=True)
@@ -238,7 +239,8 @@ class Spool:
         if not self._disk_backlog or self._loading or len(self._queue) > window // 2:
             return
         self._loading = True
-        limit = window - len(self._queue)
+        # in pages: building rows holds the GIL, and the event loop needs it back soon
+        limit = min(window - len(self._queue), LOAD_PAGE)
         appends_then = self._disk_appends
 
         def loaded(rows: list[Entry] | Exception) -> None:
