@@ -38,7 +38,7 @@ def cmd_fn_list(args: argparse.Namespace) -> int:
         for fn in resolve_config(state_dir, args.config).functions:
             rows.append({"name": fn.name, "handler": fn.handler, "lifecycle": fn.lifecycle,
                          "triggers": fn.triggers, "timeout_s": fn.timeout_s,
-                         "memory_mb": fn.memory_mb})
+                         "memory_mb": fn.memory_mb, "batch_max": fn.batch_max})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -50,6 +50,8 @@ def cmd_fn_list(args: argparse.Namespace) -> int:
                    f"(ok {st['succeeded']}, failed {st['failed']}, timeouts {st['timeouts']}, "
                    f"crashes {st['crashes']}, oom {st['out_of_memory']}, "
                    f"dropped {st['queue_full']})" if st else "")
+        if st and st.get("batch_max", 1) > 1:
+            figures += f", {st['batches']} batches of up to {st['batch_max']}"
         print(f"{row['name']}: {row['handler']} [{row['lifecycle']}] on "
               f"{', '.join(row['triggers']) or '(no triggers)'}{figures}")
     return 0

@@ -23,12 +23,19 @@ class FunctionError(Exception):
 
 
 class LambdaContext:
-    def __init__(self, client: GatewayClient, topic: str | None, request_id: str,
+    """For one event, `topic` and `aws_request_id` are its own. For a batch (batch_max > 1)
+    they are None, and `topics` and `request_ids` hold each event's, in the events' order
+    (for one event, lists of one)."""
+
+    def __init__(self, client: GatewayClient, topic: str | None, request_id: str | None,
                  deadline: float, function_name: str, function_version: str,
-                 memory_mb: int) -> None:
+                 memory_mb: int, topics: list[str | None] | None = None,
+                 request_ids: list[str] | None = None) -> None:
         self.client = client
         self.topic = topic
         self.aws_request_id = request_id
+        self.topics = [topic] if topics is None else topics
+        self.request_ids = [request_id] if request_ids is None else request_ids
         self.function_name = function_name
         self.function_version = function_version
         self.memory_limit_in_mb = memory_mb

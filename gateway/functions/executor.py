@@ -5,7 +5,8 @@ Events: a payload that is JSON is decoded (an object arrives as a dict, as in La
 other payload arrives as the raw `bytes`. Results: the handler's return value as JSON on
 result_topic (bytes as they are; None publishes nothing). Failures: logged with their
 traceback, counted, and published to error_topic as
-{"function", "requestId", "errorType", "errorMessage", "kind"}.
+{"function", "requestId", "errorType", "errorMessage", "kind"}. A batching function's
+handler gets a list of events (see handling.py); results and failures are still per event.
 
 Control topics (loopback clients; document in README):
   $lichen/functions/NAME/invoke[/REQID]  payload = the event
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from ..ml.settings import ModelSettings
 from ..mqtt.broker import Broker, InternalSubscriber
 from ..mqtt.message import Message
 from .logsink import LogSink
+from .nesting import Lineage, deadlock_error, depth_error, nested_lineage
 from .pool import FunctionPool, Invocation
 from .settings import FunctionSettings
 from .worker import Outcome, Worker
@@ -46,12 +50,13 @@ class FunctionExecutor:
         self.pools: dict[str, FunctionPool] = {}
         self.sinks: dict[str, LogSink] = {}
         self._subs: list[InternalSubscriber] = []
+        self._last_logged: Outcome | None = None
         for fn in functions:
             sink = self.sinks[fn.name] = LogSink(self.log_dir / f"{fn.name}.log")
             self.pools[fn.name] = FunctionPool(
                 fn, lambda fn=fn, sink=sink: Worker(fn, self._models, sink, self._publish,
                                                     self._nested_invoke),
-                self._on_outcome)
+                self._on_outcome, self._result_publisher(fn.result_topic))
 
     async def start(self) -> None:
         for pool in self.pools.values():
@@ -112,14 +117,27 @@ class FunctionExecutor:
     async def invoke(self, name: str, event: Any, topic: str | None = None) -> Outcome:
         return await self.submit(name, event, topic)
 
-    async def _nested_invoke(self, name: str, event: Any, timeout_ms: int | None) -> Outcome:
-        fut = asyncio.get_running_loop().create_future()
+    async def _nested_invoke(self, name: str, event: Any, timeout_ms: int | None,
+                             callers: Sequence[Invocation]) -> Outcome:
+        """context.invoke from a handler running `callers`: refused at once, with the reason,
+        when the chain is too deep or could never run (see nesting.py)."""
         pool = self.pools.get(name)
         if pool is None:
             return Outcome(False, error_type="ResourceNotFound", kind="error",
                            error_message=f"no function named {name!r}")
+        lineage = nested_lineage(callers) if callers else Lineage(1)
+        problem = depth_error(name, lineage.depth, pool.fn.max_invoke_depth)
+        if problem is not None:
+            pool.stats.invokes_refused += 1
+            return Outcome(False, error_type="InvokeDepthExceeded", kind="error",
+                           error_message=problem)
+        if pool.waits_for_itself(lineage.ancestors):
+            pool.stats.invokes_refused += 1
+            return Outcome(False, error_type="InvokeDeadlock", kind="error",
+                           error_message=deadlock_error(name, len(pool.slots)))
+        fut = asyncio.get_running_loop().create_future()
         timeout = timeout_ms / 1000 if timeout_ms is not None else None
-        pool.submit(Invocation(event, None, future=fut, timeout_s=timeout))
+        pool.submit(Invocation(event, None, future=fut, timeout_s=timeout, lineage=lineage))
         return await fut
 
     # ------------------------------------------------------------------ results
@@ -129,6 +147,11 @@ class FunctionExecutor:
             self.broker.publish(topic, payload, qos, retain)
         except ValueError as exc:
             log.error("function publish to %r refused: %s", topic, exc)
+
+    def _result_publisher(self, topic: str | None) -> Callable[[bytes], None] | None:
+        # the broker's publish itself, once per result: the topic was validated with the
+        # config, so nothing is left for _publish to catch
+        return functools.partial(self.broker.publish, topic) if topic else None
 
     def _on_outcome(self, fn: FunctionSettings, inv: Invocation, out: Outcome) -> None:
         if inv.reply is not None:
@@ -140,11 +163,15 @@ class FunctionExecutor:
             if out.result is not None and fn.result_topic:
                 self._publish(fn.result_topic, out.result, 0, False)
             return
-        log.error("function %s request %s failed: %s: %s", fn.name, inv.request_id,
-                  out.error_type, out.error_message)
-        sink = self.sinks[fn.name]
-        sink.write(None, (f"request {inv.request_id} failed: {out.error_type}: "
-                          f"{out.error_message}\n{out.traceback}").encode())
+        if out is not self._last_logged:  # a batch's shared failure is logged once
+            self._last_logged = out
+            what = f"request {inv.request_id}"
+            if out.events > 1:
+                what += f" and the {out.events - 1} others in its batch"
+            log.error("function %s %s failed: %s: %s", fn.name, what, out.error_type,
+                      out.error_message)
+            self.sinks[fn.name].write(None, (f"{what} failed: {out.error_type}: "
+                                             f"{out.error_message}\n{out.traceback}").encode())
         if fn.error_topic:
             body = {"function": fn.name, "requestId": inv.request_id, "topic": inv.topic,
                     **out.error_dict()}

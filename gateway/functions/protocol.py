@@ -2,8 +2,11 @@
 dict with an "op". Both ends are the gateway's own code; pickle carries bytes and numpy
 arrays as they are.
 
-parent -> worker: init, invoke, invoke_result
+parent -> worker: init, invoke, invoke_batch, invoke_result
 worker -> parent: ready, init_error, publish, invoke, done
+
+invoke_batch carries parallel lists (ids, topics, events, payloads) and is answered by one
+done frame whose "results" has an item per event (see handling.run_batch).
 """
 
 from __future__ import annotations

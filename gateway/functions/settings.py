@@ -36,6 +36,15 @@ class FunctionSettings:
     triggers: list[str] = field(default_factory=list)
     result_topic: str | None = None
     error_topic: str | None = None
+    # micro-batching (pinned only): up to batch_max queued events go to a worker in one
+    # message, the handler gets them as a list; 1 is off
+    batch_max: int = 1
+    batch_window_ms: float = 0.0               # wait this long after the first for more
+    max_invoke_depth: int = 8                  # context.invoke chains reaching this function
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_max > 1
 
 
 # (low, high, integer?) for the numeric settings
@@ -46,8 +55,25 @@ _NUMBERS: dict[str, tuple[float, float, bool]] = {
     "queue_size": (1, 1_000_000, True),
     "instances": (1, 1024, True),
     "idle_timeout_s": (0.1, 86_400, False),
+    "batch_max": (1, 4096, True),
+    "batch_window_ms": (0, 10_000, False),
+    "max_invoke_depth": (1, 64, True),
 }
 _KEYS = {f for f in FunctionSettings.__dataclass_fields__}
+
+
+def _check_batching(where: str, fs: FunctionSettings, item: dict) -> None:
+    if not fs.batching:
+        if "batch_window_ms" in item:  # a window alone does nothing: say so, not ignore it
+            raise FunctionConfigError(f"{where}.batch_window_ms: has no effect unless "
+                                      f"batch_max is more than 1")
+        return
+    if fs.lifecycle != "pinned":
+        raise FunctionConfigError(f"{where}.batch_max: batching is for pinned functions; "
+                                  f'set lifecycle = "pinned" or batch_max = 1')
+    if fs.batch_max > fs.queue_size:
+        raise FunctionConfigError(f"{where}.batch_max: must be at most queue_size "
+                                  f"({fs.queue_size}), got {fs.batch_max}")
 
 
 def _number(where: str, key: str, value: Any) -> float | int:
@@ -148,6 +174,7 @@ def parse_function(item: Any, index: int, base_dir: Path | None) -> FunctionSett
         raise FunctionConfigError(f"{where}.lifecycle: must be one of {', '.join(LIFECYCLES)}, "
                                   f"got {lifecycle!r}")
     fs.lifecycle = lifecycle
+    _check_batching(where, fs, item)
     triggers = item.get("triggers", [])
     if not isinstance(triggers, list):
         raise FunctionConfigError(f"{where}.triggers: must be a list of topic filters, "

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ class Outcome:
     error_message: str = ""
     traceback: str = ""
     kind: str = "ok"                     # ok, error, timeout, crash, oom, init
+    events: int = 1                      # > 1: one failure shared by a whole batch
 
     def error_dict(self) -> dict[str, Any]:
         return {"errorType": self.error_type, "errorMessage": self.error_message,
@@ -42,9 +43,10 @@ class Outcome:
 
 
 # what to do with the worker's requests: publish(topic, payload, qos, retain) and
-# invoke(function, event, timeout_ms) -> Outcome
+# invoke(function, event, timeout_ms, callers) -> Outcome, where callers is what the pool
+# said the worker is running (the invocation, or the batch), for the call's lineage
 PublishFn = Callable[[str, bytes, int, bool], None]
-InvokeFn = Callable[[str, Any, int | None], Awaitable[Outcome]]
+InvokeFn = Callable[[str, Any, int | None, Sequence[Any]], Awaitable[Outcome]]
 
 
 def describe_exit(code: int | None) -> str:
@@ -59,6 +61,18 @@ def describe_exit(code: int | None) -> str:
     return f"worker exited with status {code}"
 
 
+def item_outcome(item: Any) -> Outcome:
+    """One event's outcome from a batch's items: bytes or None, or an error dict."""
+    if item is None or type(item) is bytes:
+        return Outcome(True, item)
+    if type(item) is dict:
+        return Outcome(False, error_type=str(item.get("error_type")), kind="error",
+                       error_message=str(item.get("error_message")),
+                       traceback=str(item.get("traceback", "")))
+    return Outcome(False, error_type="ProtocolError", kind="crash",
+                   error_message=f"the worker sent a {type(item).__name__} as a result")
+
+
 class Worker:
     def __init__(self, fn: FunctionSettings, models: list[dict], sink: LogSink,
                  publish: PublishFn, invoke: InvokeFn) -> None:
@@ -71,6 +85,9 @@ class Worker:
         self.pid: int | None = None
         self._pump: asyncio.Task | None = None
         self._nested: set[asyncio.Task] = set()
+        self._send_error: BaseException | None = None
+        self._callers: Sequence[Any] = ()
+        self._batch: tuple[int, float, float] = (0, 0.0, 0.0)  # size, timeout, deadline
 
     @property
     def alive(self) -> bool:
@@ -116,20 +133,79 @@ class Worker:
                                    f"{msg['error_type']}: {msg['error_message']}")
 
     async def invoke(self, request_id: str, event: Any, topic: str | None,
-                     timeout_s: float, payload: bytes | None = None) -> Outcome:
+                     timeout_s: float, payload: bytes | None = None,
+                     callers: Sequence[Any] = ()) -> Outcome:
         """Run one invocation; never raises for anything the function does. With `payload`
-        (a message's bytes) the worker decodes the event, off the event loop."""
+        (a message's bytes) the worker decodes the event, off the event loop. `callers`
+        goes with the handler's context.invoke calls to the invoke hook."""
+        self._callers = callers
+        reply = await self._call({"op": "invoke", "id": request_id, "event": event,
+                                  "topic": topic, "payload": payload,
+                                  "timeout_ms": int(timeout_s * 1000)}, timeout_s)
+        if type(reply) is Outcome:
+            return reply
+        if reply["ok"]:
+            return Outcome(True, reply["result"])
+        return await self._failed(reply)
+
+    def send_batch(self, request_ids: list[str], events: list[Any],
+                   topics: list[str | None], payloads: list[bytes | None],
+                   timeout_s: float, callers: Sequence[Any] = ()) -> None:
+        """Write a batch (one handler call) to the worker and return at once, so the gateway
+        can publish the last batch's results while the worker runs this one; batch_result()
+        waits for it (its deadline runs from now)."""
+        self._callers = callers
+        self._batch = (len(request_ids), timeout_s,
+                       asyncio.get_running_loop().time() + timeout_s)
+        self._begin({"op": "invoke_batch", "ids": request_ids, "events": events,
+                     "topics": topics, "payloads": payloads,
+                     "timeout_ms": int(timeout_s * 1000)})
+
+    async def batch_result(self) -> Outcome | list[bytes | dict | None]:
+        """The sent batch's outcome: an Outcome shared by every event when the call itself
+        failed (an exception, a timeout, a crash); else an item per event, in order: its
+        result (bytes, or None for nothing) or its error (a dict, see item_outcome)."""
+        n, timeout_s, deadline = self._batch
+        reply = await self._end(timeout_s, deadline)
+        if type(reply) is Outcome:
+            reply.events = n
+            return reply
+        if not reply["ok"]:
+            out = await self._failed(reply)
+            out.events = n
+            return out
+        results = reply["results"]
+        if not isinstance(results, list) or len(results) != n:
+            return Outcome(False, error_type="ProtocolError", kind="crash", events=n,
+                           error_message=f"the worker answered a batch of {n} with "
+                                         f"{type(results).__name__}")
+        return results
+
+    async def _call(self, frame: dict, timeout_s: float) -> dict | Outcome:
+        self._begin(frame)
+        return await self._end(timeout_s, asyncio.get_running_loop().time() + timeout_s)
+
+    def _begin(self, frame: dict) -> None:
+        try:
+            self._send(frame)
+            self._send_error = None
+        except (OSError, RuntimeError) as exc:  # RuntimeError: writing to a closed transport
+            self._send_error = exc   # _end reports the dead worker
+
+    async def _end(self, timeout_s: float, deadline: float) -> dict | Outcome:
+        """Serve the worker's requests until its "done" frame, which is returned; a timeout
+        (the worker is killed) or a dead worker is an Outcome."""
         assert self.proc is not None
         try:
-            self._send({"op": "invoke", "id": request_id, "event": event, "topic": topic,
-                        "payload": payload, "timeout_ms": int(timeout_s * 1000)})
-            async with asyncio.timeout(timeout_s):
+            if self._send_error is not None:
+                raise self._send_error
+            async with asyncio.timeout_at(deadline):
                 await self.proc.stdin.drain()
                 while True:
                     msg = await protocol.read_frame(self.proc.stdout)
                     op = msg.get("op")
                     if op == "done":
-                        break
+                        return msg
                     if op == "publish":
                         self._publish(msg["topic"], msg["payload"], msg["qos"], msg["retain"])
                     elif op == "invoke":
@@ -150,17 +226,22 @@ class Worker:
         finally:
             for task in self._nested:
                 task.cancel()
-        if msg["ok"]:
-            return Outcome(True, msg["result"])
-        kind = "oom" if msg["error_type"] == "MemoryError" else "error"
-        if msg.get("restart"):
+
+    async def _failed(self, reply: dict) -> Outcome:
+        """The Outcome of a "done" frame that reports the handler's exception."""
+        kind = "oom" if reply["error_type"] == "MemoryError" else "error"
+        if reply.get("restart"):
             await self._reap()
-        return Outcome(False, error_type=msg["error_type"], error_message=msg["error_message"],
-                       traceback=msg["traceback"], kind=kind)
+        return Outcome(False, error_type=reply["error_type"],
+                       error_message=reply["error_message"], traceback=reply["traceback"],
+                       kind=kind)
 
     def _start_nested(self, msg: dict) -> None:
+        callers = self._callers
+
         async def run() -> None:
-            out = await self._invoke(msg["function"], msg["event"], msg.get("timeout_ms"))
+            out = await self._invoke(msg["function"], msg["event"], msg.get("timeout_ms"),
+                                     callers)
             reply = {"op": "invoke_result", "call": msg["call"], "ok": out.ok,
                      "error_type": out.error_type, "error_message": out.error_message,
                      "result": None}

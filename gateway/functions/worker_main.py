@@ -1,34 +1,23 @@
 """A function worker process: `python -m gateway.functions.worker_main`.
 
 The parent sends an init frame on stdin; the worker caps its address space, imports the
-handler (as Lambda's init phase), says ready, then serves one invocation at a time until
-stdin closes. Frames go back on the original stdout; fds 1 and 2 both become the parent's
-stderr pipe, so whatever the handler prints lands in the function's log.
+handler (as Lambda's init phase), says ready, then serves one invocation (or one batch, see
+handling.py) at a time until stdin closes. Frames go back on the original stdout; fds 1 and
+2 both become the parent's stderr pipe, so whatever the handler prints lands in the
+function's log.
 """
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import inspect
-import json
 import os
 import resource
 import sys
 import time
-import traceback
-from typing import Any
 
-from .context import GatewayClient, LambdaContext, json_default
+from .context import GatewayClient, LambdaContext
+from .handling import error_fields, run_batch, run_one
 from .protocol import read_frame_sync, write_frame_fd
-
-
-def decode_event(payload: bytes) -> Any:
-    """A message's payload as the handler's event: JSON if it is JSON, else the bytes."""
-    try:
-        return json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
-        return bytes(payload)
 
 
 def _limit_memory(memory_mb: int) -> None:
@@ -37,19 +26,6 @@ def _limit_memory(memory_mb: int) -> None:
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-
-
-def _error(exc: BaseException) -> dict[str, Any]:
-    return {"error_type": type(exc).__name__, "error_message": str(exc),
-            "traceback": "".join(traceback.format_exception(exc))}
-
-
-def _result_json(result: Any) -> bytes | None:
-    if result is None:
-        return None
-    if isinstance(result, bytes | bytearray):
-        return bytes(result)
-    return json.dumps(result, default=json_default).encode()
 
 
 def _die_with_parent() -> None:
@@ -98,7 +74,7 @@ def main() -> int:
         module_name, func_name = init["handler"].rsplit(".", 1)
         handler = getattr(importlib.import_module(module_name), func_name)
     except BaseException as exc:
-        send({"op": "init_error", **_error(exc)})
+        send({"op": "init_error", **error_fields(exc)})
         return 1
     client = GatewayClient(send, receive, infer)
     send({"op": "ready", "pid": os.getpid()})
@@ -106,27 +82,25 @@ def main() -> int:
         msg = receive()
         if msg is None:
             return 0
-        if msg.get("op") != "invoke":
+        op = msg.get("op")
+        if op not in ("invoke", "invoke_batch"):
             continue
         deadline = time.monotonic() + msg["timeout_ms"] / 1000
-        ctx = LambdaContext(client, msg.get("topic"), msg["id"], deadline, init["name"],
-                            init["version"], init["memory_mb"])
-        try:
-            event = msg["event"] if msg.get("payload") is None else decode_event(msg["payload"])
-            result = handler(event, ctx)
-            if inspect.iscoroutine(result):  # an `async def` handler runs to completion here
-                result = asyncio.run(result)
-            reply = {"op": "done", "id": msg["id"], "ok": True, "result": _result_json(result)}
-        except BaseException as exc:  # SystemExit too: reported, and the worker goes on
-            reply = {"op": "done", "id": msg["id"], "ok": False, **_error(exc)}
-            # after MemoryError the heap may be in a state nobody should trust
-            reply["restart"] = isinstance(exc, MemoryError)
+        if op == "invoke":
+            ctx = LambdaContext(client, msg.get("topic"), msg["id"], deadline, init["name"],
+                                init["version"], init["memory_mb"])
+            reply = run_one(handler, msg, ctx)
+        else:  # one handler call for the whole batch; per-event topics and ids on context
+            ctx = LambdaContext(client, None, None, deadline, init["name"], init["version"],
+                                init["memory_mb"], topics=msg["topics"],
+                                request_ids=msg["ids"])
+            reply = run_batch(handler, msg, ctx)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
             send(reply)
         except MemoryError:
-            send({"op": "done", "id": msg["id"], "ok": False, "error_type": "MemoryError",
+            send({"op": "done", "id": reply.get("id"), "ok": False, "error_type": "MemoryError",
                   "error_message": "out of memory sending the result", "traceback": "",
                   "restart": True})
         if reply.get("restart"):

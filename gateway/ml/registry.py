@@ -67,8 +67,36 @@ class LoadedModel:
                              f"model: {first}") from None
         self.inputs = {i.name: (i.type, i.shape) for i in self.session.get_inputs()}
         self.output_names = [o.name for o in self.session.get_outputs()]
+        # what a well-formed input looks like, for a check of a few attribute reads per
+        # call (the full check below explains what is wrong; for a small model it costs
+        # as much as the inference)
+        import numpy as np
+
+        self._ndarray = np.ndarray
+        self._fast = {name: (np.dtype(_ONNX_DTYPES[t]) if t in _ONNX_DTYPES else None,
+                             len(shape),
+                             tuple((i, d) for i, d in enumerate(shape) if isinstance(d, int)))
+                      for name, (t, shape) in self.inputs.items()}
+
+    def _well_formed(self, inputs: Any) -> bool:
+        if type(inputs) is not dict or len(inputs) != len(self._fast):
+            return False
+        for name, value in inputs.items():
+            spec = self._fast.get(name)
+            if spec is None or type(value) is not self._ndarray:
+                return False
+            dtype, ndim, fixed = spec
+            if dtype is None or value.dtype != dtype or value.ndim != ndim:
+                return False
+            shape = value.shape
+            for i, d in fixed:
+                if shape[i] != d:
+                    return False
+        return True
 
     def check_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        if self._well_formed(inputs):
+            return inputs
         import numpy as np
 
         if not isinstance(inputs, dict):

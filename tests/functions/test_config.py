@@ -64,6 +64,23 @@ def test_config_file_paths_are_relative_to_the_file(code: Path, tmp_path: Path,
     ('code = "code"\nhandler = "app.handler"\nretries = 3', "functions[0].retries: unknown"),
     ('code = "code"\nhandler = "app.handler"\nenvironment = {A = 1}',
      "functions.f.environment: must be a table of strings"),
+    ('code = "code"\nhandler = "app.handler"\nlifecycle = "pinned"\nbatch_max = 0',
+     "functions.f.batch_max: must be between 1 and 4096, got 0"),
+    ('code = "code"\nhandler = "app.handler"\nlifecycle = "pinned"\nbatch_max = 2.5',
+     "functions.f.batch_max: must be an integer, got 2.5"),
+    ('code = "code"\nhandler = "app.handler"\nbatch_max = 8',
+     'functions.f.batch_max: batching is for pinned functions; set lifecycle = "pinned"'),
+    ('code = "code"\nhandler = "app.handler"\nlifecycle = "pinned"\nbatch_max = 64\n'
+     'queue_size = 32', "functions.f.batch_max: must be at most queue_size (32), got 64"),
+    ('code = "code"\nhandler = "app.handler"\nlifecycle = "pinned"\nbatch_max = 8\n'
+     'batch_window_ms = -1', "functions.f.batch_window_ms: must be between 0 and 10000, "
+     "got -1"),
+    ('code = "code"\nhandler = "app.handler"\nlifecycle = "pinned"\nbatch_max = 8\n'
+     'batch_window_ms = "5ms"', "functions.f.batch_window_ms: must be a number, got '5ms'"),
+    ('code = "code"\nhandler = "app.handler"\nlifecycle = "pinned"\nbatch_window_ms = 5',
+     "functions.f.batch_window_ms: has no effect unless batch_max is more than 1"),
+    ('code = "code"\nhandler = "app.handler"\nmax_invoke_depth = 0',
+     "functions.f.max_invoke_depth: must be between 1 and 64, got 0"),
 ])
 def test_bad_function_settings(code: Path, tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -93,3 +110,13 @@ def test_result_topic_feeding_own_trigger_is_refused(code: Path, tmp_path: Path)
                                           "function's own trigger 'a/#'"):
         load('[[functions]]\nname = "f"\ncode = "code"\nhandler = "app.handler"\n'
              'triggers = ["a/#"]\nresult_topic = "a/out"\n', tmp_path)
+
+
+def test_batching_settings(code: Path, tmp_path: Path) -> None:
+    cfg = load('[[functions]]\nname = "f"\ncode = "code"\nhandler = "app.handler"\n'
+               'lifecycle = "pinned"\nbatch_max = 32\nbatch_window_ms = 2\n'
+               '[[functions]]\nname = "g"\ncode = "code"\nhandler = "app.handler"\n',
+               tmp_path)
+    f, g = cfg.functions
+    assert (f.batch_max, f.batch_window_ms, f.batching) == (32, 2.0, True)
+    assert (g.batch_max, g.batch_window_ms, g.batching) == (1, 0.0, False)   # off by default

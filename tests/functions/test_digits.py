@@ -84,6 +84,17 @@ def test_example_config_runs_in_a_gateway(tmp_path: Path) -> None:
         col.publish("digits/cam1/pixels", {"pixels": [0.0] * 63})
         err = col.expect_json("digits/error")
         assert err["errorType"] == "ValueError" and "64 values" in err["errorMessage"]
+        # the batched function: the same answers, one per event, a bad image its own error
+        events = [{"pixels": (digits.data[i] / 16).tolist()} for i in range(12)]
+        events[7] = {"pixels": [0.0] * 10}
+        for event in events:
+            col.publish("digits/cam2/stream", event, qos=0)
+        got = [col.expect_json("digits/result") for _ in range(11)]
+        good = [i for i in range(12) if i != 7]
+        want = registry().infer("digits", {"X": (digits.data[good] / 16).astype(np.float32)})
+        assert [r["digit"] for r in got] == want["label"].tolist()   # the model's own answers
+        err = col.expect_json("digits/error")
+        assert err["topic"] == "digits/cam2/stream" and "64 values" in err["errorMessage"]
     finally:
         col.close()
         assert gw.stop() == 0
