@@ -211,8 +211,13 @@ class Broker:
             raise ValueError(f"QoS must be 0, 1 or 2, got {qos!r}")
         if isinstance(payload, str):
             payload = payload.encode()
-        msg = Message.from_publish_properties(topic, bytes(payload), qos, retain,
-                                              properties or {}, None, origin)
+        elif type(payload) is not bytes:
+            payload = bytes(payload)
+        if properties:
+            msg = Message.from_publish_properties(topic, payload, qos, retain, properties,
+                                                  None, origin)
+        else:  # the common case (function results, status): nothing to pick through
+            msg = Message(topic, payload, qos, retain, None, None, None, origin)
         durable, _ = self.route(msg)
         return bool(durable)
 
