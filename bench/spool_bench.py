@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import build_loadgen, run_loadgen  # noqa: E402
 
 from gateway.cloud.linkproxy import LinkProxy  # noqa: E402
-from gateway.cloud.standin import Standin, free_port, wait_port  # noqa: E402
+from gateway.cloud.standin import Standin, free_port, mosquitto_binary, wait_port  # noqa: E402
 
 PREFIX = "bench/spool"
 THING = "bench-gateway"
@@ -142,7 +142,7 @@ class MosquittoBridge(Gateway):
             f"topic fanin/+ out 1 {PREFIX}/ {CLOUD_PREFIX}{PREFIX}/",
             "",
         ]))
-        return [shutil.which("mosquitto") or "mosquitto", "-c", str(conf)]
+        return [mosquitto_binary(), "-c", str(conf)]
 
 
 class CloudSubscriber:

@@ -3,6 +3,6 @@
 # Usage: deploy/cloud-standin.sh --dir DIR [--port 8884] [--thing NAME]
 # Prints the gateway's [cloud] config, then runs mosquitto in the foreground.
 set -e
-command -v mosquitto >/dev/null || { echo "needs mosquitto: apt-get install -y mosquitto" >&2; exit 1; }
+{ command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ]; } || { echo "needs mosquitto: apt-get install -y mosquitto" >&2; exit 1; }
 cd "$(dirname "$0")/.."
 exec python3 -m gateway.cloud.standin "$@"

@@ -92,6 +92,16 @@ def mosquitto_config(files: StandinFiles, port: int, persistence: bool = False) 
     return "\n".join(lines) + "\n"
 
 
+def mosquitto_binary() -> str:
+    """mosquitto from PATH, or where Debian puts it (/usr/sbin, not on every user's PATH)."""
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    if Path("/usr/sbin/mosquitto").exists():
+        return "/usr/sbin/mosquitto"
+    raise RuntimeError("the cloud stand-in needs mosquitto: apt-get install -y mosquitto")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -114,9 +124,7 @@ class Standin:
 
     def __init__(self, directory: Path, port: int | None = None,
                  thing_name: str = "lichen-gateway") -> None:
-        if shutil.which("mosquitto") is None:
-            raise RuntimeError("the cloud stand-in needs mosquitto: apt-get install -y "
-                               "mosquitto")
+        self.binary = mosquitto_binary()
         self.files = make_pki(directory, thing_name=thing_name)
         self.port = port or free_port()
         self.thing_name = thing_name
@@ -126,7 +134,7 @@ class Standin:
 
     def start(self) -> None:
         log = open(self.files.path("mosquitto.log"), "ab")  # noqa: SIM115 - for the child
-        self.proc = subprocess.Popen(["mosquitto", "-c", str(self.conf)], stdout=log,
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.conf)], stdout=log,
                                      stderr=subprocess.STDOUT)
         log.close()
         wait_port(self.port)
@@ -167,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
           f"--cert {standin.files.cert('observer')} --key {standin.files.key('observer')} "
           "-t '#' -v", flush=True)
     try:
-        return subprocess.call(["mosquitto", "-c", str(standin.conf)])
+        return subprocess.call([standin.binary, "-c", str(standin.conf)])
     except KeyboardInterrupt:
         return 0
 
