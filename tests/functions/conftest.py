@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import queue
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -89,3 +90,15 @@ def gateway_with(tmp_path: Path) -> Iterator:
             thing.close()
         else:
             thing.stop()
+
+
+def fresh_functions_status(b: BrokerProcess) -> dict:
+    """functions figures from status.json, once it has been rewritten (every 2 s)."""
+    first = json.loads((b.state_dir / "status.json").read_text())["time"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = json.loads((b.state_dir / "status.json").read_text())
+        if st["time"] != first:
+            return st["functions"]
+        time.sleep(0.1)
+    raise AssertionError("status.json not rewritten within 10 s")

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BrokerProcess
+from tests.functions.conftest import fresh_functions_status
 
 from .conftest import Collector, write_code
 
@@ -122,16 +123,7 @@ def _proc_state(pid: int) -> str:
         return "gone"
 
 
-def status(b: BrokerProcess) -> dict:
-    """functions figures from status.json, once it has been rewritten (every 2 s)."""
-    first = json.loads((b.state_dir / "status.json").read_text())["time"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        st = json.loads((b.state_dir / "status.json").read_text())
-        if st["time"] != first:
-            return st["functions"]
-        time.sleep(0.1)
-    raise AssertionError("status.json not rewritten within 10 s")
+status = fresh_functions_status
 
 
 def test_on_demand_event_context_and_idle_retirement(gw) -> None:

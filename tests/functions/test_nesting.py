@@ -5,7 +5,6 @@ instead of recursing until the pool is exhausted or waiting for itself until a t
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 
 from gateway.functions.nesting import ROOT, Lineage, nested_lineage, waits_for_itself
 from tests.conftest import BrokerProcess
+from tests.functions.conftest import fresh_functions_status
 
 from .conftest import Collector, write_code
 
@@ -111,14 +111,7 @@ def test_a_batch_invoking_its_own_function_fails_at_once(gw) -> None:
 
 def test_refused_calls_are_counted(gw) -> None:
     b, _col = gw
-    first = json.loads((b.state_dir / "status.json").read_text())["time"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        st = json.loads((b.state_dir / "status.json").read_text())
-        if st["time"] != first:
-            break
-        time.sleep(0.1)
-    functions = st["functions"]
+    functions = fresh_functions_status(b)
     assert functions["recurse"]["invokes_refused"] >= 1
     assert functions["polite"]["invokes_refused"] >= 1
     assert functions["polite"]["running"] == 0              # nothing left waiting
