@@ -13,10 +13,13 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..config import GatewayConfig
+from ..log_throttle import LogThrottle
 from ..mqtt.broker import Broker, InternalSubscriber
+from ..mqtt.durability import CommitWait
 from ..mqtt.message import Message
 from ..mqtt.topics import InvalidTopic, compile_filter
 from ..spool.queue import Spool
@@ -40,8 +43,11 @@ class CloudBridge:
         self.settings = cfg.cloud
         self.thing = cfg.cloud.thing_name or ""
         self.up = [r for r in cfg.routes if r.direction == "up"]
-        self.down = [(r, compile_filter(r.source_filter(self.thing)))
-                     for r in cfg.routes if r.direction == "down"]
+        self.down: list[tuple[Route, str, Callable[[str], bool]]] = []  # filter, matcher
+        for r in cfg.routes:
+            if r.direction == "down":
+                cloud_filter = r.source_filter(self.thing)
+                self.down.append((r, cloud_filter, compile_filter(cloud_filter)))
         self.spool = Spool(cfg.spool, SpoolDB(state_dir / SPOOL_DB, cfg.spool.sync))
         self.link = CloudLink(cfg.cloud, state_dir, self._on_state, self._from_cloud,
                               self._on_completions)
@@ -54,7 +60,7 @@ class CloudBridge:
         self.received = 0
         self.dropped_bad_topic = 0
         self._subs: list[InternalSubscriber] = []
-        self._bad_topic_log_after = 0.0
+        self._bad_topic_log = LogThrottle(BAD_TOPIC_LOG_INTERVAL)
         self._stopping = False
 
     async def start(self) -> None:
@@ -86,7 +92,7 @@ class CloudBridge:
         thing = self.thing
         offer = self.spool.offer
 
-        def spool_message(msg: Message) -> object:
+        def spool_message(msg: Message) -> CommitWait | None:
             if msg.origin == CLOUD_ORIGIN:
                 return None
             try:
@@ -101,9 +107,7 @@ class CloudBridge:
 
     def _bad_topic(self, route: Route, topic: str, exc: Exception) -> None:
         self.dropped_bad_topic += 1
-        now = time.monotonic()
-        if now >= self._bad_topic_log_after:
-            self._bad_topic_log_after = now + BAD_TOPIC_LOG_INTERVAL
+        if self._bad_topic_log.ready():
             log.warning("route %s: cannot rewrite %r for the cloud (%s); not sent",
                         route.name, topic, exc)
 
@@ -114,7 +118,7 @@ class CloudBridge:
 
     def _from_cloud(self, incoming: Incoming) -> None:
         self.received += 1
-        for route, match in self.down:
+        for route, _, match in self.down:
             if not match(incoming.topic):
                 continue
             try:
@@ -132,8 +136,7 @@ class CloudBridge:
         if state == "connected":
             self.connects += 1
             if self.down:
-                self.link.subscribe([(r.source_filter(self.thing), r.qos)
-                                     for r, _ in self.down])
+                self.link.subscribe([(f, r.qos) for r, f, _ in self.down])
             self.uplink.on_connected()
             log.info("cloud: connected to %s:%d (%d messages spooled)",
                      self.settings.endpoint, self.settings.port, self.spool.count)

@@ -61,7 +61,7 @@ class BrokerStats:
 
 class InternalSubscriber:
     """A component's callback attached to a topic filter; gets every matching Message.
-    The callback may answer with a commit source or REFUSED (see durability.py)."""
+    The callback may answer with a CommitWait or REFUSED (see durability.py)."""
 
     __slots__ = ("topic_filter", "callback")
 
@@ -70,7 +70,7 @@ class InternalSubscriber:
         self.callback = callback
 
     def deliver(self, msg: Message) -> object:
-        """The callback's answer: None, a commit source to wait for, or REFUSED."""
+        """The callback's answer: None, a CommitWait, or REFUSED."""
         try:
             return self.callback(msg)
         except Exception:

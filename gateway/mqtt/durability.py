@@ -1,9 +1,10 @@
 """What an acknowledgement waits for when in-process subscribers take part in a publish.
 
-An internal subscriber's callback (the cloud spool, say) may answer a delivery with an
-object that has `after_commit(fn)`: the publisher's PUBACK then waits for that commit too.
-Or it may answer REFUSED (a full spool that refuses new messages): an MQTT 5 publisher then
-gets Quota exceeded, an MQTT 3.1.1 publisher gets no acknowledgement and sends it again.
+An internal subscriber's callback (the cloud spool, say) may answer a delivery with a
+CommitWait: the publisher's PUBACK then waits for those commits too (`waits_for(store)`,
+built once by the component). Or it may answer REFUSED (a full spool that refuses new
+messages): an MQTT 5 publisher then gets Quota exceeded, an MQTT 3.1.1 publisher gets no
+acknowledgement and sends it again.
 """
 
 from __future__ import annotations
@@ -16,15 +17,12 @@ class CommitSource(Protocol):
     def after_commit(self, fn: Callable[[], None]) -> None: ...
 
 
-REFUSED = object()
-
-
 class CommitWait:
     """The commits one publish must wait for, and whether a subscriber refused it."""
 
     __slots__ = ("sources", "refused")
 
-    def __init__(self, sources: list[CommitSource], refused: bool) -> None:
+    def __init__(self, sources: list[CommitSource], refused: bool = False) -> None:
         self.sources = sources
         self.refused = refused
 
@@ -47,21 +45,15 @@ class CommitWait:
             source.after_commit(one)
 
 
-_REFUSED_ONLY = CommitWait([], True)
-_single: dict[int, tuple[CommitSource, CommitWait]] = {}
+REFUSED = CommitWait([], refused=True)
 
 
 def combine(broker_store: CommitSource | None, broker_durable: bool,
-            answers: list) -> CommitWait:
-    if len(answers) == 1 and not broker_durable:  # the usual case: one spool, shared waits
-        answer = answers[0]
-        if answer is REFUSED:
-            return _REFUSED_ONLY
-        cached = _single.get(id(answer))
-        if cached is None or cached[0] is not answer:
-            cached = _single[id(answer)] = (answer, CommitWait([answer], False))
-        return cached[1]
-    sources = [a for a in answers if a is not REFUSED]
+            answers: list[CommitWait]) -> CommitWait:
+    """One wait for the internal subscribers' answers and the broker's own store."""
+    if len(answers) == 1 and not broker_durable:  # the usual case: one spool's shared wait
+        return answers[0]
+    sources = [source for answer in answers for source in answer.sources]
     if broker_durable and broker_store is not None:
         sources.insert(0, broker_store)
-    return CommitWait(sources, any(a is REFUSED for a in answers))
+    return CommitWait(sources, any(answer.refused for answer in answers))

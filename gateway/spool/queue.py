@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 from ..config import SpoolSettings
-from ..mqtt.durability import REFUSED
+from ..log_throttle import LogThrottle
+from ..mqtt.durability import REFUSED, CommitWait
 from .store import Entry, SpoolDB
 
 log = logging.getLogger("lichen.spool")
@@ -53,6 +54,7 @@ class Spool:
         self.count = 0
         self.bytes = 0
         self.listener: Callable[[], None] | None = None   # told when there is more to send
+        self.committed = CommitWait([db])   # what a durable message's ack waits for
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: deque[Entry] = deque()     # unsent, oldest first, in memory
         self._inflight: dict[int, Entry] = {}   # sent, awaiting the cloud's ack
@@ -64,7 +66,7 @@ class Spool:
         self._loading = False
         self._deletes: list[int] = []
         self._wake_pending = False
-        self._full_log_after = 0.0
+        self._full_log = LogThrottle(FULL_LOG_INTERVAL)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -88,12 +90,12 @@ class Spool:
     # ---------------------------------------------------------------- in (from the broker)
 
     def offer(self, route: str, topic: str, payload: bytes, qos: int, properties: dict,
-              expiry_at: float | None, publisher_qos: int) -> object:
+              expiry_at: float | None, publisher_qos: int) -> CommitWait | None:
         """Spool one message. Answers what the publisher's ack must wait for: the spool's
         commit (a durable message from a QoS 1/2 publisher), nothing, or REFUSED."""
         settings = self.settings
         size = len(topic) + len(payload)
-        if self.count >= settings.max_messages or self.bytes + size > settings.max_bytes:
+        if self._full(size):
             if settings.when_full == "refuse" or not self._drop_oldest(size):
                 self.stats.refused_full += 1
                 self._log_full("refusing new messages")
@@ -120,13 +122,12 @@ class Spool:
         self.bytes += size
         self.stats.spooled += 1
         self._wake()
-        return self.db if durable and publisher_qos else None
+        return self.committed if durable and publisher_qos else None
 
     def _drop_oldest(self, size: int) -> bool:
         """Make room by dropping the oldest unsent messages; False if it cannot."""
-        settings = self.settings
         queue = self._queue
-        while self.count >= settings.max_messages or self.bytes + size > settings.max_bytes:
+        while self._full(size):
             if not queue:
                 return False  # all in flight, or the backlog is still being read back
             victim = queue.popleft()
@@ -137,10 +138,13 @@ class Spool:
             self.stats.dropped_oldest += 1
         return True
 
+    def _full(self, size: int) -> bool:
+        """No room for one more message of `size` bytes."""
+        limits = self.settings
+        return self.count >= limits.max_messages or self.bytes + size > limits.max_bytes
+
     def _log_full(self, action: str) -> None:
-        now = time.monotonic()
-        if now >= self._full_log_after:
-            self._full_log_after = now + FULL_LOG_INTERVAL
+        if self._full_log.ready():
             s = self.stats
             log.warning("spool full (%d messages, %d bytes; limits %d, %d): %s "
                         "(%d refused, %d dropped so far)", self.count, self.bytes,

@@ -50,7 +50,8 @@ def test_order_kept_across_the_disk_backlog(tmp_path):
         spool.open(asyncio.get_running_loop())
         sent = [(f"t/{i % 7}", str(i).encode()) for i in range(1000)]
         for topic, payload in sent:
-            assert offer(spool, topic, payload) is spool.db  # ack waits for the commit
+            wait = offer(spool, topic, payload)  # the ack waits for the spool's commit
+            assert wait is spool.committed and wait.sources == [spool.db]
         assert len(spool._queue) == 100 and spool._disk_backlog
         got = await drain(spool)
         assert got == sent
