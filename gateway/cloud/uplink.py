@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 
+from ..log_throttle import LogThrottle
 from ..spool.queue import Spool
 from .link import CloudLink, Completion
 
@@ -32,7 +33,7 @@ class Uplink:
         self.epoch = 0                 # connection number: completions of old ones are stale
         self.sent = 0
         self.resent = 0
-        self._reject_log_after = 0.0
+        self._reject_log = LogThrottle(REJECT_LOG_INTERVAL)
         self._pump_scheduled = False
         spool.listener = self.pump
 
@@ -88,8 +89,6 @@ class Uplink:
         self.pump()
 
     def _log_reject(self, seq: int, why: str) -> None:
-        now = time.monotonic()
-        if now >= self._reject_log_after:
-            self._reject_log_after = now + REJECT_LOG_INTERVAL
+        if self._reject_log.ready():
             log.warning("cloud refused spooled message %d for good (%s); dropped, %d so far",
                         seq, why, self.spool.stats.rejected_by_cloud)

@@ -11,6 +11,7 @@ import logging
 import secrets
 from typing import TYPE_CHECKING
 
+from ..log_throttle import LogThrottle
 from . import packets as pk
 from . import reason_codes as rc
 from .auth_hooks import ClientInfo
@@ -59,7 +60,7 @@ class Connection(asyncio.Protocol):
         self._turn_bytes = 0                      # read this loop turn (fairness budget)
         self._yielding = False
         self._denied = 0
-        self._denied_log_after = 0.0
+        self._denied_log = LogThrottle(DENIED_LOG_INTERVAL)
         self._paused = False
         self.peer = None
 
@@ -312,9 +313,7 @@ class Connection(asyncio.Protocol):
                 not retain or getattr(perms, "can_retain_publish", perms.can_publish)(topic))):
             broker.stats.publish_denied += 1
             self._denied += 1
-            now = broker.loop.time()
-            if now >= self._denied_log_after:  # one line per connection per interval
-                self._denied_log_after = now + DENIED_LOG_INTERVAL
+            if self._denied_log.ready():  # one line per connection per interval
                 log.info("denied PUBLISH by %s to %s (%d denied on this connection)",
                          session.client_id, topic, self._denied)
             if qos:
