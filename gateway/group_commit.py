@@ -90,10 +90,6 @@ class GroupCommitWriter:
         self.after_commit(lambda: done.done() or done.set_result(None))
         await done
 
-    @property
-    def backlog(self) -> int:
-        return len(self._ops)
-
     # ---------------------------------------------------------------- the writer thread
 
     def _run(self) -> None:
