@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import re
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
+
+from gateway.names import THING_NAME
 
 from .acks import AckBoard
 from .backoff import Backoff, is_permanent, most_telling
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("device_sdk")
 
-THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 DEFAULT_MQTT_PORT = 8883
 PathLike = str | os.PathLike[str]
 

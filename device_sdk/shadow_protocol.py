@@ -14,15 +14,15 @@ Every request carries a clientToken; the reply that echoes it is the answer.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.names import SHADOW_NAME
+
 from .errors import ShadowRejected, shadow_rejection
 
-SHADOW_NAME = re.compile(r"[$a-zA-Z0-9:_-]{1,64}")
 OPERATIONS = ("get", "update", "delete")
 
 

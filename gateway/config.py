@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .names import THING_NAME, THING_NAME_RULE
 
 
 class ConfigError(UserError, ValueError):
@@ -267,19 +268,17 @@ def _check_cloud(c: CloudSettings) -> None:
         if getattr(c, name) is None:
             raise ConfigError(f"cloud.{name}: needed with cloud.endpoint (the gateway's thing "
                               "and its AWS IoT certificate and key)")
-    if not re.fullmatch(r"[a-zA-Z0-9:_-]{1,128}", c.thing_name):
-        raise ConfigError(f"cloud.thing_name: must be 1-128 characters of a-z, A-Z, 0-9, ':', "
-                          f"'_' and '-', got {c.thing_name!r}")
+    if not THING_NAME.fullmatch(c.thing_name):
+        raise ConfigError(f"cloud.thing_name: must be {THING_NAME_RULE}, got {c.thing_name!r}")
     if c.min_reconnect_s > c.max_reconnect_s:
         raise ConfigError(f"cloud.min_reconnect_s: must not exceed cloud.max_reconnect_s "
                           f"({c.max_reconnect_s:g}), got {c.min_reconnect_s:g}")
 
 
 def _check_discovery(d: DiscoverySettings) -> None:
-    if d.core_thing_name is not None and not re.fullmatch(r"[a-zA-Z0-9:_-]{1,128}",
-                                                          d.core_thing_name):
-        raise ConfigError(f"discovery.core_thing_name: must be 1-128 characters of a-z, A-Z, "
-                          f"0-9, ':', '_' and '-', got {d.core_thing_name!r}")
+    if d.core_thing_name is not None and not THING_NAME.fullmatch(d.core_thing_name):
+        raise ConfigError(f"discovery.core_thing_name: must be {THING_NAME_RULE}, "
+                          f"got {d.core_thing_name!r}")
     if d.group_id is not None and not re.fullmatch(r"[\x21-\x7e]{1,128}", d.group_id):
         raise ConfigError(f"discovery.group_id: must be 1-128 printable characters without "
                           f"spaces, got {d.group_id!r}")

@@ -31,10 +31,10 @@ from urllib.parse import unquote
 
 from ..mqtt import reason_codes as rc
 from ..mqtt.auth_hooks import ClientInfo
+from ..names import THING_NAME
 from ..tls_session import ServerTLS, describe_tls_error
 from .ca import host_names
 from .pki import fingerprint, load_cert_pem, san_names
-from .registry import THING_NAME
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig

@@ -16,6 +16,7 @@ from pathlib import Path
 from cryptography import x509
 
 from ..errors import UserError
+from ..names import THING_NAME
 from .pki import cert_pem, common_name, fingerprint, load_cert_pem
 
 SCHEMA = """
@@ -33,7 +34,6 @@ CREATE TABLE IF NOT EXISTS policies (
     name TEXT PRIMARY KEY, document TEXT NOT NULL, created REAL NOT NULL);
 """
 
-THING_NAME = re.compile(r"^[a-zA-Z0-9:_-]{1,128}$")
 POLICY_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
 ATTRIBUTE_NAME = re.compile(r"^[a-zA-Z0-9_.,@/:#-]{1,128}$")
 ATTRIBUTE_VALUE = re.compile(r"^[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}$")
@@ -45,7 +45,7 @@ class RegistryError(UserError, ValueError):
 
 
 def check_thing_name(name: str) -> None:
-    if not THING_NAME.match(name or ""):
+    if not THING_NAME.fullmatch(name or ""):
         raise RegistryError(f"invalid thing name {name!r}: 1-128 characters of a-z, A-Z, 0-9, "
                             "':', '_' and '-'")
 

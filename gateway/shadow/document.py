@@ -26,14 +26,13 @@ the Device Shadow quotas:
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..names import SHADOW_NAME, THING_NAME
+
 CLASSIC = ""  # the store's name for the classic (unnamed) shadow
 
-THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
-SHADOW_NAME = re.compile(r"[$a-zA-Z0-9:_-]{1,64}")
 
 # The documented error messages (Device Shadow error messages), by HTTP code.
 INVALID_JSON = "Invalid JSON"
