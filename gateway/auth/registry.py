@@ -54,9 +54,9 @@ def check_attributes(attrs: dict[str, str]) -> None:
     if len(attrs) > MAX_ATTRIBUTES:
         raise RegistryError(f"at most {MAX_ATTRIBUTES} attributes per thing")
     for k, v in attrs.items():
-        if not ATTRIBUTE_NAME.match(k):
+        if not ATTRIBUTE_NAME.fullmatch(k):
             raise RegistryError(f"invalid attribute name {k!r}")
-        if not isinstance(v, str) or not ATTRIBUTE_VALUE.match(v):
+        if not isinstance(v, str) or not ATTRIBUTE_VALUE.fullmatch(v):
             raise RegistryError(f"invalid value for attribute {k!r}: {v!r}")
 
 
@@ -221,7 +221,7 @@ class Registry:
     # ------------------------------------------------------------------ policies
 
     def put_policy(self, name: str, document: str) -> None:
-        if not POLICY_NAME.match(name):
+        if not POLICY_NAME.fullmatch(name):
             raise RegistryError(f"invalid policy name {name!r}")
         self.db.execute("INSERT OR REPLACE INTO policies VALUES (?, ?, ?)",
                         (name, document, time.time()))
