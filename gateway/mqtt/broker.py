@@ -10,7 +10,7 @@ import os
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..config import MQTTLimits
@@ -54,9 +54,6 @@ class BrokerStats:
     publish_denied: int = 0
     keepalive_timeouts: int = 0
     tls_handshake_failures: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class InternalSubscriber:
@@ -673,5 +670,5 @@ class Broker:
             "sessions": len(self.sessions),
             "subscriptions": self.trie.count,
             "retained": len(self.retained),
-            "stats": self.stats.as_dict(),
+            "stats": asdict(self.stats),
         }

@@ -18,7 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 
 from ..config import SpoolSettings
 from ..log_throttle import LogThrottle
@@ -41,9 +41,6 @@ class SpoolStats:
     dropped_expired: int = 0
     dropped_qos0: int = 0
     rejected_by_cloud: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class Spool:
@@ -270,4 +267,4 @@ class Spool:
                 "in_memory": len(self._queue), "backlog_on_disk": self._disk_backlog,
                 "max_messages": self.settings.max_messages,
                 "max_bytes": self.settings.max_bytes, "when_full": self.settings.when_full,
-                **self.stats.as_dict()}
+                **asdict(self.stats)}
