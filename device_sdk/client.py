@@ -22,8 +22,6 @@ from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 
-from gateway.names import THING_NAME
-
 from .acks import AckBoard
 from .backoff import Backoff, is_permanent, most_telling
 from .discovery import DEFAULT_DISCOVERY_PORT, Discovered, Endpoint, discover, parse_endpoint
@@ -40,6 +38,7 @@ from .errors import (
 )
 from .handles import Delivery, Subscription
 from .message import Message, Payload, check_filter, check_qos, check_topic, encode_payload
+from .names import THING_NAME, THING_NAME_RULE
 from .offline_queue import OfflineQueue
 from .session import MQTT5, PROTOCOLS, Session, SessionSettings
 from .subscriptions import SubscriptionTable
@@ -80,8 +79,7 @@ class DeviceClient:
                  offline_queue: PathLike | OfflineQueue | None = None,
                  max_inflight: int = 10, backoff: Backoff | None = None) -> None:
         if not isinstance(thing_name, str) or not THING_NAME.fullmatch(thing_name):
-            raise ValueError(f"invalid thing name {thing_name!r}: 1-128 characters of a-z, "
-                             "A-Z, 0-9, ':', '_' and '-'")
+            raise ValueError(f"invalid thing name {thing_name!r}: {THING_NAME_RULE}")
         if (host is None) == (discover is None):
             raise ValueError("give either host= (the gateway's address) or discover= (its "
                              "discovery endpoint, 'HOST:PORT'), not both or neither")

@@ -6,13 +6,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-# one implementation of MQTT matching for the gateway and its devices (stdlib only)
-from gateway.mqtt.topics import topic_matches
+# one definition of the MQTT topic rules for the gateway and its devices (stdlib only)
+from .topic_rules import topic_matches, validate_topic_filter, validate_topic_name
 
 # What publish() takes: raw bytes, text (UTF-8), or a JSON object/array (compact JSON).
 Payload = bytes | bytearray | memoryview | str | dict | list
 
-MAX_TOPIC_BYTES = 65_535
 MAX_PAYLOAD_BYTES = 268_435_455 - 65_537   # the MQTT remaining-length limit, less a header
 
 
@@ -54,38 +53,19 @@ def encode_payload(payload: Payload) -> bytes:
 
 
 def check_topic(topic: str) -> None:
-    """Raise ValueError for a topic name no broker accepts for PUBLISH. Checked before a
-    message is queued: a bad one at the head of the queue would block it for good."""
+    """Raise ValueError (InvalidTopic) for a topic name no broker accepts for PUBLISH.
+    Checked before a message is queued: a bad one at the head of the queue would block it
+    for good."""
     if not isinstance(topic, str):
         raise TypeError(f"topic must be str, not {type(topic).__name__}")
-    if not topic:
-        raise ValueError("topic must not be empty")
-    if "+" in topic or "#" in topic:
-        raise ValueError(f"topic {topic!r} has a wildcard (+ or #): wildcards are for "
-                         "subscriptions; publish to one topic")
-    if "\0" in topic:
-        raise ValueError(f"topic {topic!r} contains a NUL character")
-    if len(topic.encode()) > MAX_TOPIC_BYTES:
-        raise ValueError(f"topic is longer than {MAX_TOPIC_BYTES} bytes")
+    validate_topic_name(topic)
 
 
 def check_filter(topic_filter: str) -> None:
-    """Raise ValueError for a topic filter no broker accepts for SUBSCRIBE."""
+    """Raise ValueError (InvalidTopic) for a topic filter no broker accepts for SUBSCRIBE."""
     if not isinstance(topic_filter, str):
         raise TypeError(f"topic filter must be str, not {type(topic_filter).__name__}")
-    if not topic_filter:
-        raise ValueError("topic filter must not be empty")
-    if "\0" in topic_filter:
-        raise ValueError(f"topic filter {topic_filter!r} contains a NUL character")
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise ValueError(f"topic filter {topic_filter!r}: '#' must be a whole level, "
-                             "and the last")
-        if "+" in level and level != "+":
-            raise ValueError(f"topic filter {topic_filter!r}: '+' must be a whole level")
-    if len(topic_filter.encode()) > MAX_TOPIC_BYTES:
-        raise ValueError(f"topic filter is longer than {MAX_TOPIC_BYTES} bytes")
+    validate_topic_filter(topic_filter)
 
 
 def check_qos(qos: int) -> None:

@@ -19,17 +19,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.names import SHADOW_NAME
-
 from .errors import ShadowRejected, shadow_rejection
+from .names import SHADOW_NAME, SHADOW_NAME_RULE
 
 OPERATIONS = ("get", "update", "delete")
 
 
 def check_shadow_name(name: str | None) -> None:
     if name is not None and not SHADOW_NAME.fullmatch(name):
-        raise ValueError(f"invalid shadow name {name!r}: 1-64 characters of a-z, A-Z, 0-9, "
-                         "'$', ':', '_' and '-'")
+        raise ValueError(f"invalid shadow name {name!r}: {SHADOW_NAME_RULE}")
 
 
 def shadow_prefix(thing: str, name: str | None = None) -> str:

@@ -1,10 +1,7 @@
-"""AWS IoT's rules for thing and shadow names: one definition for the registry, discovery,
-shadows, config and the device SDK. Use `fullmatch`."""
+"""AWS IoT's rules for thing and shadow names, defined once in the device SDK (which must
+not import the gateway) and re-exported here for the registry, discovery, shadows and
+config. Use `fullmatch`."""
 
-from __future__ import annotations
+from device_sdk.names import SHADOW_NAME, SHADOW_NAME_RULE, THING_NAME, THING_NAME_RULE
 
-import re
-
-THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
-SHADOW_NAME = re.compile(r"[$a-zA-Z0-9:_-]{1,64}")
-THING_NAME_RULE = "1-128 characters of a-z, A-Z, 0-9, ':', '_' and '-'"
+__all__ = ["SHADOW_NAME", "SHADOW_NAME_RULE", "THING_NAME", "THING_NAME_RULE"]

@@ -1,8 +1,8 @@
-"""Topic names, topic filters and the subscription trie (pure code).
+"""Shared subscriptions, compiled filters and the subscription trie (pure code).
 
-Rules from MQTT 3.1.1 section 4.7 and MQTT 5.0 section 4.7-4.8: `+` and `#` occupy a whole
-level, `#` only last; topics beginning with `$` are not matched by a filter whose first level
-is a wildcard; `$share/{group}/{filter}` is a shared subscription.
+Validation and matching of plain names and filters are in device_sdk/topic_rules.py (MQTT
+3.1.1 section 4.7, MQTT 5.0 sections 4.7-4.8), re-exported here; `$share/{group}/{filter}`
+is a shared subscription (MQTT 5.0 section 4.8.2).
 """
 
 from __future__ import annotations
@@ -11,32 +11,18 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
+# The rules a device needs too live in the device SDK, which must not import the gateway.
+from device_sdk.topic_rules import (
+    InvalidTopic,
+    topic_matches,
+    validate_topic_filter,
+    validate_topic_name,
+)
+
+__all__ = ["InvalidTopic", "SubscriptionTrie", "compile_filter", "parse_shared",
+           "topic_matches", "validate_topic_filter", "validate_topic_name"]
+
 SHARE_PREFIX = "$share/"
-
-
-class InvalidTopic(ValueError):
-    """A topic name or filter that the protocol forbids; the message says why."""
-
-
-def validate_topic_name(topic: str) -> None:
-    if not topic:
-        raise InvalidTopic("topic name is empty")
-    if "+" in topic or "#" in topic:
-        raise InvalidTopic(f"topic name {topic!r} contains a wildcard")
-    if len(topic.encode()) > 65535:
-        raise InvalidTopic("topic name longer than 65,535 bytes")
-
-
-def validate_topic_filter(topic_filter: str) -> None:
-    if not topic_filter:
-        raise InvalidTopic("topic filter is empty")
-    levels = topic_filter.split("/")
-    last = len(levels) - 1
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != last):
-            raise InvalidTopic(f"'#' must be a whole level and the last one in {topic_filter!r}")
-        if "+" in level and level != "+":
-            raise InvalidTopic(f"'+' must occupy a whole level in {topic_filter!r}")
 
 
 def parse_shared(topic_filter: str) -> tuple[str | None, str]:
@@ -51,22 +37,6 @@ def parse_shared(topic_filter: str) -> tuple[str | None, str]:
         raise InvalidTopic(f"share name {group!r} contains a wildcard")
     validate_topic_filter(inner)
     return group, inner
-
-
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """Whether `topic` matches `topic_filter` (a plain, valid filter)."""
-    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
-        return False
-    flevels = topic_filter.split("/")
-    tlevels = topic.split("/")
-    for i, f in enumerate(flevels):
-        if f == "#":
-            return True
-        if i >= len(tlevels):
-            return False
-        if f != "+" and f != tlevels[i]:
-            return False
-    return len(flevels) == len(tlevels)
 
 
 def compile_filter(topic_filter: str) -> Callable[[str], bool]:
