@@ -24,6 +24,7 @@ from typing import Any
 from .client import DeviceClient
 from .discovery import DEFAULT_DISCOVERY_PORT, discover, parse_endpoint
 from .errors import DeviceSDKError
+from .handles import Delivery
 from .message import Message
 from .shadow_protocol import ShadowDocument, UpdateAccepted
 
@@ -163,11 +164,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise CLIError("--repeat must be at least 1")
     payload = _payload(args.message)
     client = _client(args, args.queue)
+    deliveries: list[Delivery] = []
     try:
         if args.qos == 1 and args.queue:
             # queue first, so nothing is lost if the gateway cannot be reached
             for i in range(args.repeat):
-                client.publish(args.topic, payload, 1, args.retain)
+                deliveries.append(client.publish(args.topic, payload, 1, args.retain))
                 if args.interval and i + 1 < args.repeat:
                     time.sleep(args.interval)
             _connect_or_keep(client, args)
@@ -175,6 +177,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             client.connect(args.timeout)
             for i in range(args.repeat):
                 delivery = client.publish(args.topic, payload, args.qos, args.retain)
+                deliveries.append(delivery)
                 if args.qos == 0:
                     delivery.wait(0)
                 if args.interval and i + 1 < args.repeat:
@@ -184,6 +187,12 @@ def cmd_publish(args: argparse.Namespace) -> int:
                            f"{args.timeout:g} s" + _kept(args))
     finally:
         client.close()
+    # A refused message leaves the queue as an acknowledged one does: the Delivery tells.
+    failed = [d.error for d in deliveries if d.error is not None]
+    if failed:
+        more = f" ({len(failed)} of {len(deliveries)} messages refused)" \
+            if len(deliveries) > 1 else ""
+        raise CLIError(f"{failed[0]}{more}")
     return 0
 
 

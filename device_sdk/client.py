@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 
 from .acks import AckBoard
 from .backoff import Backoff, is_permanent, most_telling
+from .close_watch import CloseWatch
 from .discovery import DEFAULT_DISCOVERY_PORT, Discovered, Endpoint, discover, parse_endpoint
 from .dispatch import Dispatcher
 from .errors import (
@@ -40,7 +41,7 @@ from .handles import Delivery, Subscription
 from .message import Message, Payload, check_filter, check_qos, check_topic, encode_payload
 from .names import THING_NAME, THING_NAME_RULE
 from .offline_queue import OfflineQueue
-from .session import MQTT5, PROTOCOLS, Session, SessionSettings
+from .session import MQTT5, PROTOCOLS, Session, SessionSettings, puback_reason
 from .subscriptions import SubscriptionTable
 from .tls import client_context
 
@@ -123,6 +124,7 @@ class DeviceClient:
         self._dispatcher = Dispatcher(f"device-sdk-callbacks-{thing_name}")
         self._subscriptions = SubscriptionTable()
         self._deliveries: dict[int, Delivery] = {}
+        self._close_watch = CloseWatch()   # a message the gateway closes the connection over
         self._connect_hooks: list[Callable[[], None]] = []
         self._session: Session | None = None
         self._connected = False
@@ -419,8 +421,9 @@ class DeviceClient:
                 session.close()
                 return
             reason = "closed"
+            inflight: dict[int, int] = {}   # packet id -> queue id, on this session
             try:
-                reason = self._serve(session)
+                reason = self._serve(session, inflight)
             except DeviceSDKError as exc:
                 reason = str(exc)
             except Exception as exc:
@@ -436,6 +439,7 @@ class DeviceClient:
                 return
             log.warning("%s: connection to %s lost (%s); reconnecting", self.thing_name,
                         session.endpoint, reason)
+            self._check_closed_over(inflight)
             if self.on_disconnect is not None and session.live:
                 self._dispatcher.call_soon(self.on_disconnect, reason)
             if time.monotonic() - session.connected_at >= self._backoff.stable_after:
@@ -493,14 +497,14 @@ class DeviceClient:
         self._rediscover = True  # the gateway may have moved: ask again next time
         raise most_telling(errors)
 
-    def _serve(self, session: Session) -> str:
-        """Run one connected session until it ends; the reason it ended."""
+    def _serve(self, session: Session, inflight: dict[int, int]) -> str:
+        """Run one connected session until it ends; the reason it ended. `inflight` is
+        left holding what was sent and not acknowledged."""
         self._go_live(session)
         for hook in list(self._connect_hooks):
             self._dispatcher.call_soon(hook)
         if self.on_connect is not None:
             self._dispatcher.call_soon(self.on_connect)
-        inflight: dict[int, int] = {}   # packet id -> queue id
         sent_upto = 0                   # the last queue id handed to paho on this session
         window = min(self._max_inflight, session.receive_maximum)
         while True:
@@ -573,22 +577,34 @@ class DeviceClient:
         return sent_upto
 
     def _acknowledged(self, queue_id: int, code: int, why: str = "") -> None:
+        """The gateway is done with a queued message: `code` from its PUBACK (>= 0x80 a
+        refusal; `why` replaces the reason code's name in the error)."""
         self._queue.remove(queue_id)
         with self._changed:
             delivery = self._deliveries.pop(queue_id, None)
             self._changed.notify_all()
-        if code >= 0x80:
-            topic = delivery.topic if delivery is not None else "?"
-            log.warning("%s: the gateway refused a publish to %r (reason code 0x%02X%s); "
-                        "dropped from the queue", self.thing_name, topic, code,
-                        f", {why}" if why else "")
+        if code < 0x80:
             if delivery is not None:
-                delivery._fail(PublishRefused(
-                    f"the gateway refused the publish to {topic!r} (reason code "
-                    f"0x{code:02X}): does thing {self.thing_name!r}'s policy allow "
-                    "iot:Publish on it?", topic, code))
-        elif delivery is not None:
-            delivery._succeed()
+                delivery._succeed()
+            return
+        topic = delivery.topic if delivery is not None else "?"
+        why = why or f"reason code 0x{code:02X}, {puback_reason(code)}"
+        log.warning("%s: the gateway refused a publish to %r (%s); dropped from the queue",
+                    self.thing_name, topic, why)
+        if delivery is not None:
+            delivery._fail(PublishRefused(
+                f"the gateway refused the publish to {topic!r} ({why}): does thing "
+                f"{self.thing_name!r}'s policy allow iot:Publish on it?", topic, code))
+
+    def _check_closed_over(self, inflight: dict[int, int]) -> None:
+        """Give up a message the gateway keeps closing the connection over (how MQTT 3.1.1
+        refuses a publish), so it neither comes back forever nor blocks the queue."""
+        oldest = min(inflight.values()) if inflight else None
+        closes = self._close_watch.closed(oldest)
+        if closes and oldest is not None:
+            self._acknowledged(oldest, 0x80, f"it closed the connection instead of "
+                               f"acknowledging it, {closes} times in a row, as MQTT 3.1.1 "
+                               "gateways do")
 
     def __repr__(self) -> str:
         where = self.endpoint or self._discover_at or (self._static[0] if self._static

@@ -11,7 +11,7 @@ do about it.
     ├── QueueError                  the offline queue file cannot be used
     │   ├── QueueFull               a bound (messages or bytes) is reached
     │   └── QueueLocked             another process has the queue file open
-    ├── PublishRefused              the gateway refused a publish (MQTT 5 PUBACK reason code)
+    ├── PublishRefused              the gateway refused a publish (PUBACK code, or closed on it)
     ├── SubscribeRefused            the gateway refused a subscription (SUBACK reason code)
     ├── RequestTimeout              no answer in time (a SUBACK, a shadow reply)
     │   └── ShadowTimeout
@@ -85,8 +85,9 @@ class QueueLocked(QueueError):
 
 
 class PublishRefused(DeviceSDKError):
-    """The gateway answered a QoS 1 publish with a failure reason code (MQTT 5 only: with
-    MQTT 3.1.1 a refused publish is acknowledged and dropped, and nobody is told)."""
+    """The gateway refused a QoS 1 publish: with MQTT 5 its PUBACK carries the reason code;
+    MQTT 3.1.1 cannot say no, so a gateway closes the connection instead, and a message it
+    closes the connection over twice in a row is taken as refused (reason code 0x80)."""
 
     def __init__(self, message: str, topic: str, reason_code: int) -> None:
         super().__init__(message)

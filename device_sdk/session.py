@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from .acks import AckBoard
 from .discovery import Endpoint
@@ -192,6 +193,14 @@ def refused(code: int, text: str, ep: Endpoint, client_id: str) -> ConnectRefuse
         hint = ""
     message = f"the gateway at {ep} refused the connection: {text} (reason code 0x{code:02X})"
     return ConnectRefused(f"{message}: {hint}" if hint else message, code, text)
+
+
+def puback_reason(code: int) -> str:
+    """A PUBACK reason code's name ("Not authorized" for 0x87)."""
+    try:
+        return str(ReasonCode(PacketTypes.PUBACK, identifier=code))
+    except KeyError:  # not one MQTT 5 defines
+        return "unknown reason"
 
 
 def _reason_value(reason: Any, packet_type: int) -> int:

@@ -313,11 +313,18 @@ class Connection(asyncio.Protocol):
                 not retain or getattr(perms, "can_retain_publish", perms.can_publish)(topic))):
             broker.stats.publish_denied += 1
             self._denied += 1
+            if not self.v5:
+                # MQTT 3.1.1 cannot say no to a PUBLISH; as AWS IoT Core does, close the
+                # connection rather than acknowledge a message that went nowhere.
+                log.info("denied PUBLISH by %s to %s: closing its MQTT 3.1.1 connection",
+                         session.client_id, topic)
+                self.close()
+                return
             if self._denied_log.ready():  # one line per connection per interval
                 log.info("denied PUBLISH by %s to %s (%d denied on this connection)",
                          session.client_id, topic, self._denied)
             if qos:
-                self._ack(qos, packet_id, rc.NOT_AUTHORIZED if self.v5 else 0, False)
+                self._ack(qos, packet_id, rc.NOT_AUTHORIZED, False)
             return
         if qos == 2:
             if packet_id in session.awaiting_pubrel:

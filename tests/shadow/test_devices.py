@@ -9,6 +9,7 @@ import queue
 import subprocess
 import sys
 
+import paho.mqtt.client as mqtt
 import pytest
 
 from tests.conftest import ROOT, BrokerProcess
@@ -141,11 +142,13 @@ def test_a_device_cannot_use_another_things_shadow(gw):
     mine = add_device(gw, "dev-a")
     add_device(gw, "dev-b")
     watcher = Peer(gw.port, "loopback-watcher").connect()
-    device = Peer(gw.tls_port, "dev-a", tls=mine).connect()
+    # MQTT 5: the denied publish below is answered 0x87; on 3.1.1 the gateway would close
+    # the connection (as AWS IoT Core does), ending the test's session with it
+    device = Peer(gw.tls_port, "dev-a", protocol=mqtt.MQTTv5, tls=mine).connect()
     try:
         watcher.subscribe("$aws/things/dev-b/shadow/#")
         # subscribing to dev-b's replies is refused; its own are fine
-        assert device.subscribe("$aws/things/dev-b/shadow/update/accepted") == [0x80]
+        assert device.subscribe("$aws/things/dev-b/shadow/update/accepted") == [0x87]
         assert device.subscribe("$aws/things/dev-a/shadow/update/+") == [1]
         # a publish to dev-b's request topic is denied: the service never sees it
         device.publish("$aws/things/dev-b/shadow/update", {"state": {"desired": {"x": 1}}})
