@@ -124,7 +124,7 @@ class DeviceClient:
         self._dispatcher = Dispatcher(f"device-sdk-callbacks-{thing_name}")
         self._subscriptions = SubscriptionTable()
         self._deliveries: dict[int, Delivery] = {}
-        self._close_watch = CloseWatch()   # a message the gateway closes the connection over
+        self._close_watch = CloseWatch(3)  # a message the gateway closes the connection over
         self._connect_hooks: list[Callable[[], None]] = []
         self._session: Session | None = None
         self._connected = False
@@ -598,7 +598,10 @@ class DeviceClient:
 
     def _check_closed_over(self, inflight: dict[int, int]) -> None:
         """Give up a message the gateway keeps closing the connection over (how MQTT 3.1.1
-        refuses a publish), so it neither comes back forever nor blocks the queue."""
+        refuses a publish), so it neither comes back forever nor blocks the queue. MQTT 5
+        refuses with a reason code, so there a close is only ever a lost connection."""
+        if self.protocol != "3.1.1":
+            return
         oldest = min(inflight.values()) if inflight else None
         closes = self._close_watch.closed(oldest)
         if closes and oldest is not None:
