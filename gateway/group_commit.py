@@ -17,18 +17,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .sqlite_schema import Schema, ensure_schema
+
 log = logging.getLogger("lichen.store")
 
 # An op is (sql, args), (sql, [args, ...]) for executemany, or a read (fn, done).
 _MANY = object()
 
 
-def open_wal(path: Path, sync: str, schema: str) -> sqlite3.Connection:
-    """A WAL-mode connection usable from the writer thread, with `schema` applied."""
+def open_wal(path: Path, sync: str, schema: Schema) -> sqlite3.Connection:
+    """A WAL-mode connection usable from the writer thread, its file created or migrated
+    to `schema` (SchemaTooNew if a newer Lichen wrote it)."""
     db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
-    db.executescript(schema)
+    try:
+        ensure_schema(db, path, schema)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={'FULL' if sync == 'full' else 'NORMAL'}")
+    except BaseException:
+        db.close()
+        raise
     return db
 
 

@@ -12,27 +12,46 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 
 from ..errors import UserError
 from ..names import THING_NAME
+from ..sqlite_schema import Schema, ensure_schema
 from .pki import cert_pem, common_name, fingerprint, load_cert_pem
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS things (
-    name TEXT PRIMARY KEY, attributes TEXT NOT NULL DEFAULT '{}',
-    policies TEXT NOT NULL DEFAULT '[]', created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS certificates (
-    id TEXT PRIMARY KEY, thing TEXT NOT NULL, serial TEXT NOT NULL, pem TEXT NOT NULL,
-    status TEXT NOT NULL, source TEXT NOT NULL, not_after REAL NOT NULL,
-    created REAL NOT NULL, revoked_at REAL);
-CREATE INDEX IF NOT EXISTS certificates_thing ON certificates (thing);
-CREATE TABLE IF NOT EXISTS cas (
-    id TEXT PRIMARY KEY, name TEXT NOT NULL, pem TEXT NOT NULL, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS policies (
-    name TEXT PRIMARY KEY, document TEXT NOT NULL, created REAL NOT NULL);
-"""
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+
+def _create(db: Database) -> None:
+    """The current schema (version 2), on a new file."""
+    db.table("things").create(
+        {"name": str, "attributes": str, "policies": str, "created": float}, pk="name",
+        not_null={"attributes", "policies", "created"},
+        defaults={"attributes": "{}", "policies": "[]"})
+    db.table("certificates").create(
+        {"id": str, "thing": str, "serial": str, "pem": str, "status": str, "source": str,
+         "not_after": float, "created": float, "revoked_at": float}, pk="id",
+        not_null={"thing", "serial", "pem", "status", "source", "not_after", "created"})
+    db.table("certificates").create_index(["thing", "created"],
+                                          index_name="certificates_thing_created")
+    db.table("cas").create({"id": str, "name": str, "pem": str, "created": float}, pk="id",
+                           not_null={"name", "pem", "created"})
+    db.table("policies").create({"name": str, "document": str, "created": float},
+                                pk="name", not_null={"document", "created"})
+
+
+def _v2_certificates_by_thing_and_age(db: Database) -> None:
+    """Version 1 indexed certificates on thing alone; (thing, created) also gives
+    `certificates(thing)` its ORDER BY created without a sort, and covers the rest."""
+    db.table("certificates").create_index(["thing", "created"],
+                                          index_name="certificates_thing_created")
+    db.execute("DROP INDEX IF EXISTS certificates_thing")
+
+
+SCHEMA = Schema("device registry", _create, (_v2_certificates_by_thing_and_age,))
 
 POLICY_NAME = re.compile(r"^[\w+=,.@-]{1,128}$")
 ATTRIBUTE_NAME = re.compile(r"^[a-zA-Z0-9_.,@/:#-]{1,128}$")
@@ -91,8 +110,12 @@ class Registry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, isolation_level=None, timeout=10,
                                   check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.executescript(SCHEMA)
+        try:
+            ensure_schema(self.db, self.path, SCHEMA)
+            self.db.execute("PRAGMA journal_mode=WAL")
+        except BaseException:
+            self.db.close()
+            raise
 
     def close(self) -> None:
         self.db.close()

@@ -14,25 +14,43 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..group_commit import GroupCommitWriter, open_wal
+from ..sqlite_schema import Schema, stamp
 from .message import Message
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 log = logging.getLogger("lichen.mqtt.store")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS retained (
-    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL,
-    properties TEXT, expiry_at REAL);
-CREATE TABLE IF NOT EXISTS sessions (
-    client_id TEXT PRIMARY KEY, expiry_interval INTEGER NOT NULL,
-    disconnected_at REAL, subscriptions TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS session_messages (
-    client_id TEXT NOT NULL, seq INTEGER NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    qos INTEGER NOT NULL, retain INTEGER NOT NULL, properties TEXT, expiry_at REAL,
-    sub_ids TEXT, packet_id INTEGER, state INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (client_id, seq));
-"""
+
+def _create(db: Database) -> None:
+    """The current schema (version 2), on a new file."""
+    db.table("retained").create(
+        {"topic": str, "payload": bytes, "qos": int, "properties": str, "expiry_at": float},
+        pk="topic", not_null={"payload", "qos"})
+    db.table("sessions").create(
+        {"client_id": str, "expiry_interval": int, "disconnected_at": float,
+         "subscriptions": str}, pk="client_id", not_null={"expiry_interval", "subscriptions"})
+    # Column order matters: the writes below insert positionally.
+    db.table("session_messages").create(
+        {"client_id": str, "seq": int, "topic": str, "payload": bytes, "qos": int,
+         "retain": int, "properties": str, "expiry_at": float, "sub_ids": str,
+         "packet_id": int, "state": int}, pk=("client_id", "seq"),
+        not_null={"client_id", "seq", "topic", "payload", "qos", "retain", "state"},
+        defaults={"state": 0})
+    stamp(db, "created")
+
+
+def _v2_meta(db: Database) -> None:
+    """A `meta` table saying which Lichen created or upgraded the file, and when (the
+    queries need nothing new: every one goes by primary key or reads everything)."""
+    stamp(db, "upgraded")
+
+
+SCHEMA = Schema("broker store", _create, (_v2_meta,))
 
 # session_messages.state
 QUEUED, AWAITING_PUBCOMP = 0, 2

@@ -9,7 +9,8 @@ back to the loop, in order. So a reply built from a result (an /accepted) is nev
 before what it reports is on disk, and a burst of updates costs one commit.
 
 A deleted shadow stays as a tombstone that keeps its version for 48 hours, as AWS IoT does:
-an update within that time continues the version; later the shadow starts afresh.
+an update within that time continues the version; later the shadow starts afresh. An expired
+tombstone goes, with its history, when its shadow is next asked for or the store next opens.
 """
 
 from __future__ import annotations
@@ -19,13 +20,18 @@ import logging
 import queue
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..sqlite_schema import Schema, check_version, ensure_schema
 from .document import CLASSIC, Shadow
+
+if TYPE_CHECKING:
+    from sqlite_utils import Database
 
 log = logging.getLogger("lichen.shadow")
 
@@ -36,8 +42,9 @@ CACHE_SIZE = 1024        # shadows kept decoded by the writer (8 KB of state at 
 
 T = TypeVar("T")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS shadows (
+# WITHOUT ROWID and a partial index: DDL that sqlite-utils' create() cannot express.
+_CURRENT = """
+CREATE TABLE shadows (
     thing      TEXT NOT NULL,
     name       TEXT NOT NULL,       -- '' for the classic shadow
     version    INTEGER NOT NULL,
@@ -46,7 +53,9 @@ CREATE TABLE IF NOT EXISTS shadows (
     document   TEXT,                -- {"state": ..., "metadata": ...}; NULL once deleted
     PRIMARY KEY (thing, name)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS shadow_history (
+-- Tombstones only (a live shadow's row is not in it), for the purge at open.
+CREATE INDEX shadows_tombstones ON shadows (deleted_at) WHERE deleted_at IS NOT NULL;
+CREATE TABLE shadow_history (
     thing      TEXT NOT NULL,
     name       TEXT NOT NULL,
     version    INTEGER NOT NULL,
@@ -55,6 +64,21 @@ CREATE TABLE IF NOT EXISTS shadow_history (
     PRIMARY KEY (thing, name, version)
 ) WITHOUT ROWID;
 """
+
+
+def _create(db: Database) -> None:
+    """The current schema (version 2), on a new file."""
+    db.executescript(_CURRENT)
+
+
+def _v2_tombstone_index(db: Database) -> None:
+    """Version 1 forgot a tombstone only when its shadow was next asked for, so one never
+    asked for again kept its history for ever; the purge at open finds them by this."""
+    db.execute("CREATE INDEX shadows_tombstones ON shadows (deleted_at) "
+               "WHERE deleted_at IS NOT NULL")
+
+
+SCHEMA = Schema("shadow store", _create, (_v2_tombstone_index,))
 
 
 class StoreError(RuntimeError):
@@ -186,10 +210,15 @@ class ShadowStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             target = str(self.path)
         db = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self.sync}")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(SCHEMA)
+        try:
+            db.execute("PRAGMA busy_timeout=5000")
+            ensure_schema(db, target, SCHEMA)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.sync}")
+            purge_tombstones(db, time.time())
+        except BaseException:
+            db.close()
+            raise
         self._db = db
         return self
 
@@ -337,6 +366,24 @@ class ShadowStore:
             cache.popitem(last=False)
 
 
+def purge_tombstones(db: sqlite3.Connection, now: float) -> int:
+    """Drop the tombstones older than TOMBSTONE_SECONDS, with their history, as `load` would
+    on the next request for them; returns how many."""
+    expired = db.execute("SELECT thing, name FROM shadows WHERE deleted_at IS NOT NULL "
+                         "AND deleted_at < ?", (now - TOMBSTONE_SECONDS,)).fetchall()
+    if expired:
+        db.execute("BEGIN")
+        try:
+            db.executemany("DELETE FROM shadows WHERE thing = ? AND name = ?", expired)
+            db.executemany("DELETE FROM shadow_history WHERE thing = ? AND name = ?", expired)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    return len(expired)
+
+
 def _deliver(callbacks: list[Done], results: list[Any]) -> None:
     for done, result in zip(callbacks, results, strict=True):
         try:
@@ -353,6 +400,7 @@ def list_named_readonly(path: Path, thing: str) -> list[str]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
         db.execute("PRAGMA busy_timeout=5000")
+        check_version(db, path, SCHEMA)
         return [name for (name,) in db.execute(
             "SELECT name FROM shadows WHERE thing = ? AND name != '' AND document IS NOT NULL "
             "ORDER BY name", (thing,))]

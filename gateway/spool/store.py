@@ -12,16 +12,33 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..group_commit import GroupCommitWriter, open_wal
 from ..mqtt.store import props_from_json, props_to_json
+from ..sqlite_schema import Schema, stamp
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS spool (
-    seq INTEGER PRIMARY KEY, route TEXT NOT NULL, topic TEXT NOT NULL, payload BLOB NOT NULL,
-    qos INTEGER NOT NULL, properties TEXT, expiry_at REAL, size INTEGER NOT NULL,
-    spooled_at REAL NOT NULL);
-"""
+if TYPE_CHECKING:
+    from sqlite_utils import Database
+
+
+def _create(db: Database) -> None:
+    """The current schema (version 2), on a new file."""
+    # seq is the rowid (ordered reads and range deletes); inserts are positional.
+    db.table("spool").create(
+        {"seq": int, "route": str, "topic": str, "payload": bytes, "qos": int,
+         "properties": str, "expiry_at": float, "size": int, "spooled_at": float}, pk="seq",
+        not_null={"route", "topic", "payload", "qos", "size", "spooled_at"})
+    stamp(db, "created")
+
+
+def _v2_meta(db: Database) -> None:
+    """A `meta` table saying which Lichen created or upgraded the file, and when. (An index
+    would only slow the inserts and deletes: every query goes by seq, the rowid.)"""
+    stamp(db, "upgraded")
+
+
+SCHEMA = Schema("spool", _create, (_v2_meta,))
 
 
 class Entry:
