@@ -13,8 +13,9 @@ from pathlib import Path
 from .cli_auth import add_auth_commands
 from .cli_functions import add_function_commands
 from .cli_shadow import add_shadow_commands
+from .cli_usage import Parser, VersionAction, help_when_bare
 from .config import DEFAULT_CONFIG_TOML, GatewayConfig, config_from_dict, load_config
-from .errors import UserError
+from .errors import UserError, describe_os_error
 from .state_dir import (
     CONFIG_NAME,
     default_state_dir,
@@ -77,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         run(cfg, state_dir)
     except OSError as exc:
-        raise CLIError(f"cannot start the gateway: {exc.strerror or exc}") from None
+        raise CLIError(f"cannot start the gateway: {describe_os_error(exc)}") from None
     return 0
 
 
@@ -120,7 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lichen", description="Lichen edge IoT gateway")
+    parser = Parser(prog="lichen", description="Lichen edge IoT gateway")
+    parser.add_argument("--version", action=VersionAction, help="print lichen's version")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def state_dir_arg(p: argparse.ArgumentParser) -> None:
@@ -152,18 +154,37 @@ def build_parser() -> argparse.ArgumentParser:
     state_dir_arg(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_status)
+    help_when_bare(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        rc = args.func(args)
+        sys.stdout.flush()  # a reader that went away (`| head`) shows here, not at exit
+        return rc
+    except BrokenPipeError:
+        _drop_stdout()
+        return 141  # as if killed by SIGPIPE, which is how other tools leave a closed pipe
     except UserError as exc:
         print(f"lichen: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # e.g. a state directory this user may not read
+        print(f"lichen: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # not a real file (tests redirect it to a StringIO)
+        pass
 
 
 if __name__ == "__main__":

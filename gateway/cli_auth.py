@@ -31,6 +31,11 @@ def add_auth_commands(sub: argparse._SubParsersAction,
     cmd(ca_sub, "list", lazy("cmd_ca_list"), "list trusted CAs")
     p = cmd(ca_sub, "remove", lazy("cmd_ca_remove"), "stop trusting a registered CA")
     p.add_argument("id", help="CA id (sha256 fingerprint or a prefix)")
+    p = cmd(ca_sub, "reset", lazy("cmd_ca_reset"),
+            "replace the local CA with a new one: every device certificate it issued is "
+            "revoked, and devices must trust the new CA (for a lost ca.key)")
+    p.add_argument("--yes", action="store_true", help="really do it (without it, only says "
+                   "what would be invalidated)")
 
     dev = sub.add_parser("device", help="devices (things) and their certificates")
     dev_sub = dev.add_subparsers(dest="device_command", required=True)
@@ -48,7 +53,10 @@ def add_auth_commands(sub: argparse._SubParsersAction,
     p.add_argument("--cert-out", required=True, help="where to write the certificate")
     p.add_argument("--key-out", help="where to write the new private key (0600)")
     p.add_argument("--key-type", default="ec", help="ec (P-256), rsa2048, rsa3072, rsa4096")
-    p.add_argument("--days", type=int, default=3650, help="validity in days")
+    p.add_argument("--days", type=int, default=3650, help="validity in days, 1 to 36500 "
+                   "(default 3650)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite --cert-out/--key-out if they exist")
     p = cmd(dev_sub, "register", lazy("cmd_device_register"),
             "admit a device by a certificate it already has (e.g. issued by AWS IoT)")
     thing_opts(p)

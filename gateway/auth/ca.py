@@ -3,13 +3,19 @@
 Layout under STATE_DIR/pki/: ca.key (0600) and ca.crt, server.key (0600) and server.crt.
 The CA is made once (by `lichen init` or the first `lichen run`); the server certificate
 is re-issued when it nears expiry or when the host's names or addresses change.
+
+Half a CA (ca.crt without ca.key, or the reverse) is refused, never replaced: a new CA
+would silently lock out every device enrolled with the old one. `lichen ca reset` is the
+explicit way to start over.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +42,21 @@ log = logging.getLogger("lichen.auth.ca")
 CA_DAYS = 3650
 SERVER_DAYS = 397
 DEVICE_DAYS = 3650
+MAX_DEVICE_DAYS = 36500   # 100 years: far past any device's life, well inside X.509's 9999
 RENEW_BEFORE = dt.timedelta(days=30)
+
+
+class IncompleteCAError(CertificateError):
+    """ca.crt or ca.key is missing while the other is there."""
+
+
+def check_validity_days(days: int, what: str = "days") -> None:
+    """1..MAX_DEVICE_DAYS: 0 would issue an expired certificate, and a huge number overflows
+    the certificate's date."""
+    if isinstance(days, bool) or not isinstance(days, int) \
+            or not 1 <= days <= MAX_DEVICE_DAYS:
+        raise CertificateError(f"{what}: must be a whole number of days from 1 to "
+                               f"{MAX_DEVICE_DAYS}, got {days!r}")
 
 
 @dataclass
@@ -80,9 +100,29 @@ class LocalCA:
     def exists(self) -> bool:
         return self.ca_cert_path.exists() and self.ca_key_path.exists()
 
+    def check(self) -> bool:
+        """True when the CA is there, False when there is none at all; IncompleteCAError
+        when one of its two files is missing (a new CA would lock out enrolled devices)."""
+        has_key, has_cert = self.ca_key_path.exists(), self.ca_cert_path.exists()
+        if has_key == has_cert:
+            return has_key
+        reset = f"`lichen ca reset --state-dir {self.dir.parent} --yes`"
+        if has_cert:
+            raise IncompleteCAError(
+                f"{self.ca_key_path} is missing but {self.ca_cert_path} is there; a new CA "
+                f"would lock out every enrolled device, so nothing was changed: restore "
+                f"{self.ca_key_path.name} from a backup, or start over with {reset} (every "
+                "device must then be enrolled again)")
+        raise IncompleteCAError(
+            f"{self.ca_cert_path} is missing but {self.ca_key_path} is there; nothing was "
+            f"changed: restore {self.ca_cert_path.name} (every enrolled device holds a copy: "
+            f"its ca.pem), or start over with {reset} (every device must then be enrolled "
+            "again)")
+
     def ensure(self, key_type: str = "ec", name: str | None = None) -> bool:
-        """Create the CA if there is none; True when it was created now."""
-        if self.exists:
+        """Create the CA if there is none; True when it was created now. Half a CA is
+        refused (IncompleteCAError), never replaced."""
+        if self.check():
             self.load()
             return False
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -96,15 +136,28 @@ class LocalCA:
         return True
 
     def load(self) -> None:
-        if not self.exists:
+        """Read the key and certificate, and check that they belong together."""
+        if not self.check():
             raise CertificateError(f"no CA in {self.dir}: run `lichen init` first")
-        self._key = load_key(self.ca_key_path)
-        self._cert = load_cert_pem(self.ca_cert_path.read_bytes(), str(self.ca_cert_path))
+        key = load_key(self.ca_key_path)
+        cert = self._read_certificate()
+        if key.public_key().public_numbers() != cert.public_key().public_numbers():
+            raise CertificateError(f"{self.ca_cert_path} is not the certificate of "
+                                   f"{self.ca_key_path} (restore the pair that belongs "
+                                   "together)")
+        self._key, self._cert = key, cert
+
+    def _read_certificate(self) -> x509.Certificate:
+        return load_cert_pem(self.ca_cert_path.read_bytes(), str(self.ca_cert_path))
 
     @property
     def certificate(self) -> x509.Certificate:
+        """The CA certificate. Read on its own (not the key): showing it needs no access to
+        the key, nor write access to anything."""
         if self._cert is None:
-            self.load()
+            if not self.check():
+                raise CertificateError(f"no CA in {self.dir}: run `lichen init` first")
+            self._cert = self._read_certificate()
         return self._cert
 
     @property
@@ -113,12 +166,33 @@ class LocalCA:
             self.load()
         return self._key
 
+    def set_aside(self) -> Path | None:
+        """Move the CA's and server's files (whatever of them is there) into
+        pki/replaced-TIMESTAMP/, so that ensure() makes a new CA; that folder, or None when
+        there was nothing to move."""
+        files = [p for p in (self.ca_key_path, self.ca_cert_path, self.server_key_path,
+                             self.server_cert_path) if p.exists()]
+        if not files:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.dir / f"replaced-{stamp}"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.dir / f"replaced-{stamp}-{n}"
+        aside.mkdir(mode=0o700)
+        for path in files:
+            os.replace(path, aside / path.name)
+        self._key = self._cert = None
+        return aside
+
     def pem(self) -> bytes:
         return cert_pem(self.certificate)
 
     def issue_device(self, thing_name: str, public_key=None,
                      days: int = DEVICE_DAYS, key_type: str = "ec") -> IssuedCertificate:
         """A client certificate with CN = thing name, for a new key pair or a given key."""
+        check_validity_days(days)
         private = None
         if public_key is None:
             private = new_key(key_type)

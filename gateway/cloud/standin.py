@@ -4,7 +4,9 @@ It gives the gateway an endpoint that it reaches exactly as it would reach IoT C
 awsiotsdk client, MQTT 5, client certificate, server certificate checked against a CA), for
 tests, benchmarks and demos. `python -m gateway.cloud.standin --dir DIR` makes a CA, a
 server certificate, a certificate for the gateway and one for an observer, prints the
-`[cloud]` config to use, and runs mosquitto in the foreground (deploy/cloud-standin.sh).
+cloud settings to put in the gateway's [cloud] table (and writes a complete config with them,
+DIR/gateway.toml), and runs mosquitto until SIGTERM/SIGINT, which it passes on to mosquitto
+(deploy/cloud-standin.sh).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..auth.pki import build_certificate, cert_pem, key_pem, new_key, write_private, write_public
+from ..config import DEFAULT_CONFIG_TOML
+from .standin_config import key_lines, set_table_keys
 
 CA_DAYS = 3650
 CERT_DAYS = 825
@@ -157,6 +162,51 @@ class Standin:
                 "aws_iot_limits": False, "min_reconnect_s": 0.2, "max_reconnect_s": 1.0}
 
 
+def print_settings(standin: Standin, config_file: Path) -> None:
+    """What the gateway needs to reach the stand-in, as lines that merge into the [cloud]
+    table `lichen init` wrote (a second [cloud] header would be invalid TOML)."""
+    print("# The gateway's settings for this stand-in. Set these keys in the [cloud] table "
+          "of its\n# config.toml: replace the line with the same key (or uncomment it), else "
+          "add the\n# line under [cloud]. Do not add a second [cloud] header.")
+    for line in key_lines(standin.cloud_config()):
+        print(line)
+    print(f"# Or run the gateway with a complete config that has them:\n"
+          f"#   lichen run --config {config_file} --state-dir DIR")
+    print(f"# observer: mosquitto_sub -p {standin.port} --cafile {standin.files.ca} "
+          f"--cert {standin.files.cert('observer')} --key {standin.files.key('observer')} "
+          "-t '#' -v", flush=True)
+
+
+def run_mosquitto(standin: Standin) -> int:
+    """mosquitto in the foreground until it exits, or until SIGTERM/SIGINT/SIGHUP here,
+    which stop it too (a stand-in killed on its own would leave mosquitto on the port)."""
+    proc: subprocess.Popen | None = None
+    stopping = False
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if proc is not None:
+            proc.terminate()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    try:
+        proc = subprocess.Popen([standin.binary, "-c", str(standin.conf)])
+        if stopping:  # a signal came before there was a child to pass it to
+            proc.terminate()
+        rc = proc.wait()
+        return 0 if stopping else rc
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gateway.cloud.standin",
                                      description="a local AWS IoT Core stand-in (mosquitto, "
@@ -166,18 +216,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thing", default="lichen-gateway", help="the gateway's thing name")
     args = parser.parse_args(argv)
     standin = Standin(Path(args.dir).resolve(), args.port, args.thing)
-    print("# add to the gateway's config.toml:")
-    print("[cloud]")
-    for key, value in standin.cloud_config().items():
-        shown = str(value).lower() if isinstance(value, bool) else value
-        print(f"{key} = {shown!r}" if isinstance(value, str) else f"{key} = {shown}")
-    print(f"# observer: mosquitto_sub -p {standin.port} --cafile {standin.files.ca} "
-          f"--cert {standin.files.cert('observer')} --key {standin.files.key('observer')} "
-          "-t '#' -v", flush=True)
-    try:
-        return subprocess.call([standin.binary, "-c", str(standin.conf)])
-    except KeyboardInterrupt:
-        return 0
+    config_file = standin.files.path("gateway.toml")
+    config_file.write_text(set_table_keys(DEFAULT_CONFIG_TOML, "cloud",
+                                          standin.cloud_config()))
+    print_settings(standin, config_file)
+    return run_mosquitto(standin)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from collections import deque
 from pathlib import Path
 
 from ..errors import UserError
-from ..state_dir import default_state_dir, is_running, read_status
+from ..state_dir import default_state_dir, is_running, read_pid, read_status
 from .control import invoke
 
 
@@ -71,12 +71,28 @@ def cmd_fn_invoke(args: argparse.Namespace) -> int:
         event = json.loads(text)
     except ValueError as exc:
         raise FnCommandError(f"event: not valid JSON: {exc}") from None
+    _check_function_exists(state_dir, args.name)
     reply = invoke(state_dir, args.name, event, args.timeout)
     if not reply.get("ok"):
         raise FnCommandError(f"{args.name} failed: {reply.get('errorType')}: "
                              f"{reply.get('errorMessage')}")
     print(json.dumps(reply.get("result")))
     return 0
+
+
+def _check_function_exists(state_dir: Path, name: str) -> None:
+    """Refuse at once a function the running gateway does not have, as its status file
+    lists them: a gateway without functions does not even listen on the control topics, so
+    the request would only time out."""
+    status = read_status(state_dir) or {}
+    if status.get("pid") is None or status.get("pid") != read_pid(state_dir):
+        return  # not yet written by this gateway: let the gateway answer
+    functions = status.get("functions") or {}
+    if name not in functions:
+        runs = (f"it runs {', '.join(sorted(functions))}" if functions
+                else "it runs no functions; see [[functions]] in its config")
+        raise FnCommandError(f"{name} failed: ResourceNotFound: no function named {name!r} on "
+                             f"the gateway at {state_dir} ({runs})")
 
 
 def cmd_fn_logs(args: argparse.Namespace) -> int:
