@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 from .cli_auth import add_auth_commands
+from .cli_deploy import add_deploy_commands
 from .cli_functions import add_function_commands
 from .cli_shadow import add_shadow_commands
 from .cli_usage import Parser, VersionAction, help_when_bare
@@ -60,9 +61,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .daemon import run, setup_logging
+    from .deployment.boot import run_config
 
     state_dir = ensure_state_dir(_state_dir(args))
-    cfg = resolve_config(state_dir, args.config)
+    # --config FILE runs that file and refuses deployments; else the deployed version
+    cfg, boot = run_config(state_dir, args.config)
     if args.mqtt_port is not None:
         cfg.listeners.tcp_host = "127.0.0.1"
         cfg.listeners.tcp_port = args.mqtt_port
@@ -76,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg.discovery.port = args.discovery_port or cfg.discovery.port
     setup_logging(args.log_level or cfg.log_level)
     try:
-        run(cfg, state_dir)
+        run(cfg, state_dir, boot)
     except OSError as exc:
         raise CLIError(f"cannot start the gateway: {describe_os_error(exc)}") from None
     return 0
@@ -141,14 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "8883; 0 turns it off)")
     p.add_argument("--discovery-port", type=int, help="Greengrass discovery (HTTPS) port "
                    "(default 8443; 0 turns it off)")
-    p.add_argument("--config", help="config file (default: STATE_DIR/config.toml, else "
-                   "the embedded defaults)")
+    p.add_argument("--config", help="config file, run as it is, refusing deployments "
+                   "(default: the deployed version over STATE_DIR/config.toml, else the "
+                   "embedded defaults)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     p.set_defaults(func=cmd_run)
 
     add_auth_commands(sub, state_dir_arg)
     add_shadow_commands(sub, state_dir_arg)
     add_function_commands(sub, state_dir_arg)
+    add_deploy_commands(sub, state_dir_arg)
 
     p = sub.add_parser("status", help="show whether the gateway runs, and its figures")
     state_dir_arg(p)

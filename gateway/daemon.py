@@ -28,6 +28,8 @@ if TYPE_CHECKING:
     from .auth.discovery import DiscoveryServer
     from .auth.service import DeviceAuth
     from .cloud.bridge import CloudBridge
+    from .deployment.agent import DeploymentAgent
+    from .deployment.boot import Boot
     from .functions.executor import FunctionExecutor
     from .shadow.service import ShadowService
 
@@ -50,8 +52,12 @@ def external_tls_context(cfg: GatewayConfig) -> ssl.SSLContext:
 class Gateway:
     """Everything that runs in the gateway process."""
 
-    def __init__(self, cfg: GatewayConfig, state_dir: Path) -> None:
+    def __init__(self, cfg: GatewayConfig, state_dir: Path, boot: Boot | None = None) -> None:
+        """boot: the deployed version it starts on; None (started with --config) refuses
+        deployments."""
         self.cfg = cfg
+        self.boot = boot
+        self.deployments: DeploymentAgent | None = None
         self.state_dir = state_dir
         self.lock = StateLock(state_dir)
         self.broker: Broker | None = None
@@ -116,6 +122,11 @@ class Gateway:
             await self.broker.listen_tcp(lst.tcp_host, lst.tcp_port, "tcp")
         if not self.broker.listeners:
             log.warning("no listener configured: set listeners.tcp_port or pass --mqtt-port")
+        if self.boot is not None:  # after everything it may reconfigure is up
+            from .deployment.agent import DeploymentAgent
+
+            self.deployments = DeploymentAgent(self, self.boot)
+            await self.deployments.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._status_writer()))
         interval = watchdog_interval()
@@ -159,6 +170,8 @@ class Gateway:
             from .cloud.bridge import offline_status
 
             status["cloud"] = offline_status(self.cfg)
+        status["deployments"] = (self.deployments.status() if self.deployments is not None
+                                 else {"enabled": False})
         return status
 
     async def _status_writer(self) -> None:
@@ -186,6 +199,8 @@ class Gateway:
         notify("STOPPING=1")
         for task in self._tasks:
             task.cancel()
+        if self.deployments is not None:  # no reconfiguring while the parts stop
+            await self.deployments.stop()
         if self.discovery is not None:
             await self.discovery.stop()
         if self.functions is not None:  # workers finish publishing while the broker runs
@@ -208,8 +223,8 @@ class Gateway:
             log.info("gateway stopped")
 
 
-async def serve(cfg: GatewayConfig, state_dir: Path) -> None:
-    gateway = Gateway(cfg, state_dir)
+async def serve(cfg: GatewayConfig, state_dir: Path, boot: Boot | None = None) -> None:
+    gateway = Gateway(cfg, state_dir, boot)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, gateway.request_stop)
@@ -263,11 +278,11 @@ def discard_startup_log() -> None:
         _startup_buffer = None
 
 
-def run(cfg: GatewayConfig, state_dir: Path) -> None:
+def run(cfg: GatewayConfig, state_dir: Path, boot: Boot | None = None) -> None:
     """Run the gateway until SIGTERM/SIGINT, on uvloop when it is installed."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(cfg, state_dir))
+        asyncio.run(serve(cfg, state_dir, boot))
     else:
-        uvloop.run(serve(cfg, state_dir))
+        uvloop.run(serve(cfg, state_dir, boot))
