@@ -11,6 +11,9 @@ it uses over `--idle` seconds (utime + stime from /proc/PID/stat). Brokers:
   config: the mutual-TLS device listener (on a free port instead of 8883), discovery (on a free
   port instead of 8443), the Unix socket, shadows, persistence: what a gateway runs.
 - `lichen-plain`: the same with `--tls-port 0 --discovery-port 0` (plaintext broker only).
+- `lichen-default-restart`: `lichen-default` measured on its second start, on the state a
+  first start made (no CA, certificate or SQLite schema to create: what a gateway runs after
+  any reboot).
 - `mosquitto`: the Debian package, one loopback listener, persistence off.
 - `amqtt`: the Python peer, one loopback listener (when installed: `pip install -e .[bench]`).
 
@@ -98,6 +101,7 @@ def cpu_seconds(pids: list[int]) -> float:
 
 def command(name: str, work: Path, port: int) -> list[str] | None:
     if name.startswith("lichen"):
+        name = name.removesuffix("-restart")
         lichen = shutil.which("lichen") or str(Path(sys.executable).parent / "lichen")
         cmd = [lichen, "run", "--state-dir", str(work / "state"), "--mqtt-port", str(port)]
         if name == "lichen-plain":
@@ -131,6 +135,14 @@ def one_run(name: str, settle: float, idle: float) -> dict | None:
         cmd = command(name, work, port)
         if cmd is None:
             return None
+        if name.endswith("-restart"):  # a first start makes the state, then measure the next
+            first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     cwd=work)
+            try:
+                wait_port(port, first)
+            finally:
+                first.terminate()
+                first.wait(15)
         log = open(work / "log", "wb")  # noqa: SIM115 - the child's
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work,
                                 start_new_session=True)
@@ -160,7 +172,8 @@ def spread(values: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--brokers", default="lichen-default,lichen-plain,mosquitto,amqtt")
+    p.add_argument("--brokers", default="lichen-default,lichen-default-restart,lichen-plain,"
+                   "mosquitto,amqtt")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--settle", type=float, default=3.0, help="seconds after the port opens")
     p.add_argument("--idle", type=float, default=10.0, help="seconds of CPU sampling")

@@ -14,6 +14,7 @@ on plain sqlite3.
 from __future__ import annotations
 
 import sqlite3
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,9 +85,24 @@ def ensure_schema(db: sqlite3.Connection, path: str | Path, schema: Schema) -> i
     return found
 
 
+def _sqlite_utils_database() -> type[Database]:
+    """sqlite-utils, imported without numpy and pandas: it loads them, when installed, only to
+    map their column types, which Lichen never passes; numpy alone would add about 15 MB to
+    the daemon's RSS for the rest of its life after a first start."""
+    blocked = [name for name in ("numpy", "pandas") if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]  # `import` raises ImportError
+    try:
+        from sqlite_utils import Database
+    finally:
+        for name in blocked:
+            del sys.modules[name]
+    return Database
+
+
 def _step(db: sqlite3.Connection, path: str | Path, schema: Schema) -> int:
     """Create the schema, or apply the next migration, in one transaction."""
-    from sqlite_utils import Database
+    Database = _sqlite_utils_database()  # noqa: N806 - the class, under its own name
 
     db.execute("BEGIN IMMEDIATE")
     try:

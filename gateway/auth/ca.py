@@ -11,7 +11,6 @@ explicit way to start over.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import socket
@@ -22,7 +21,6 @@ from pathlib import Path
 from cryptography import x509
 
 from .pki import (
-    CertificateError,
     PrivateKey,
     build_certificate,
     cert_pem,
@@ -36,6 +34,13 @@ from .pki import (
     write_private,
     write_public,
 )
+from .pki_files import (  # noqa: F401 - RENEW_BEFORE, host_names re-exported
+    RENEW_BEFORE,
+    CertificateError,
+    IncompleteCAError,
+    PKIFiles,
+    host_names,
+)
 
 log = logging.getLogger("lichen.auth.ca")
 
@@ -43,11 +48,6 @@ CA_DAYS = 3650
 SERVER_DAYS = 397
 DEVICE_DAYS = 3650
 MAX_DEVICE_DAYS = 36500   # 100 years: far past any device's life, well inside X.509's 9999
-RENEW_BEFORE = dt.timedelta(days=30)
-
-
-class IncompleteCAError(CertificateError):
-    """ca.crt or ca.key is missing while the other is there."""
 
 
 def check_validity_days(days: int, what: str = "days") -> None:
@@ -69,55 +69,13 @@ class IssuedCertificate:
         return cert_pem(self.certificate)
 
 
-def host_names() -> list[str]:
-    """The names and addresses a device may use to reach this host."""
-    names = ["localhost", "127.0.0.1", "::1"]
-    hostname = socket.gethostname()
-    for name in (hostname, socket.getfqdn()):
-        if name and name not in names:
-            names.append(name)
-    try:
-        for info in socket.getaddrinfo(hostname, None):
-            addr = info[4][0].split("%")[0]
-            if addr not in names:
-                names.append(addr)
-    except OSError:
-        pass
-    return names
+class LocalCA(PKIFiles):
+    """The CA's key and certificate, loaded with `cryptography`, and what is made with them."""
 
-
-class LocalCA:
     def __init__(self, pki_dir: Path) -> None:
-        self.dir = Path(pki_dir)
-        self.ca_key_path = self.dir / "ca.key"
-        self.ca_cert_path = self.dir / "ca.crt"
-        self.server_key_path = self.dir / "server.key"
-        self.server_cert_path = self.dir / "server.crt"
+        super().__init__(pki_dir)
         self._key: PrivateKey | None = None
         self._cert: x509.Certificate | None = None
-
-    @property
-    def exists(self) -> bool:
-        return self.ca_cert_path.exists() and self.ca_key_path.exists()
-
-    def check(self) -> bool:
-        """True when the CA is there, False when there is none at all; IncompleteCAError
-        when one of its two files is missing (a new CA would lock out enrolled devices)."""
-        has_key, has_cert = self.ca_key_path.exists(), self.ca_cert_path.exists()
-        if has_key == has_cert:
-            return has_key
-        reset = f"`lichen ca reset --state-dir {self.dir.parent} --yes`"
-        if has_cert:
-            raise IncompleteCAError(
-                f"{self.ca_key_path} is missing but {self.ca_cert_path} is there; a new CA "
-                f"would lock out every enrolled device, so nothing was changed: restore "
-                f"{self.ca_key_path.name} from a backup, or start over with {reset} (every "
-                "device must then be enrolled again)")
-        raise IncompleteCAError(
-            f"{self.ca_cert_path} is missing but {self.ca_key_path} is there; nothing was "
-            f"changed: restore {self.ca_cert_path.name} (every enrolled device holds a copy: "
-            f"its ca.pem), or start over with {reset} (every device must then be enrolled "
-            "again)")
 
     def ensure(self, key_type: str = "ec", name: str | None = None) -> bool:
         """Create the CA if there is none; True when it was created now. Half a CA is
@@ -171,7 +129,7 @@ class LocalCA:
         pki/replaced-TIMESTAMP/, so that ensure() makes a new CA; that folder, or None when
         there was nothing to move."""
         files = [p for p in (self.ca_key_path, self.ca_cert_path, self.server_key_path,
-                             self.server_cert_path) if p.exists()]
+                             self.server_cert_path, self.sidecar_path) if p.exists()]
         if not files:
             return None
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -214,6 +172,8 @@ class LocalCA:
             if current is not None and current.not_valid_after_utc - now() > RENEW_BEFORE \
                     and set(names) <= san_names(current) \
                     and current.issuer == self.certificate.subject:
+                if self.server_info() is None:  # e.g. a state dir from before the sidecar
+                    self.write_server_info(current.not_valid_after_utc, san_names(current))
                 return False
         key = new_key("ec")
         cert = build_certificate(names[0] if names[0] != "localhost" else socket.gethostname()
@@ -221,6 +181,7 @@ class LocalCA:
                                  SERVER_DAYS, server_names=names)
         write_private(self.server_key_path, key_pem(key))
         write_public(self.server_cert_path, cert_pem(cert))
+        self.write_server_info(cert.not_valid_after_utc, san_names(cert))
         log.info("issued gateway server certificate for %s (valid to %s)", ", ".join(names),
                  cert.not_valid_after_utc.date())
         return True

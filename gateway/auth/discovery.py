@@ -33,8 +33,7 @@ from ..mqtt import reason_codes as rc
 from ..mqtt.auth_hooks import ClientInfo
 from ..names import THING_NAME
 from ..tls_session import ServerTLS, describe_tls_error
-from .ca import host_names
-from .pki import fingerprint, load_cert_pem, san_names
+from .pki_files import host_names
 
 if TYPE_CHECKING:
     from ..config import GatewayConfig
@@ -175,10 +174,9 @@ class DiscoveryServer:
                         "port (listeners.tls_port = 0), which devices cannot be told")
             return
         self.loop = asyncio.get_running_loop()
-        ca = self.auth.ca.certificate
-        self.ca_pem = self.auth.ca.pem().decode()
+        self.ca_pem = self.auth.ca.ca_pem_text()
         if not self.group_id:
-            self.group_id = str(uuid.UUID(fingerprint(ca)[:32]))
+            self.group_id = str(uuid.UUID(self.auth.ca.ca_fingerprint()[:32]))
         if not self.addresses:
             self.addresses = await self.loop.run_in_executor(
                 None, default_host_addresses, self.mqtt_host)
@@ -208,11 +206,10 @@ class DiscoveryServer:
             self.server = None
 
     def _check_server_names(self) -> None:
-        try:
-            cert = load_cert_pem(self.auth.ca.server_cert_path.read_bytes())
-        except (OSError, ValueError):
+        info = self.auth.ca.server_info()
+        if info is None:
             return
-        missing = [a for a in self.addresses if a not in san_names(cert)]
+        missing = [a for a in self.addresses if a not in info.names]
         if missing and self.settings.host_addresses:
             log.warning("discovery advertises %s, which the gateway's server certificate does "
                         "not name: devices checking the host name will refuse it (add them "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 import os
 from pathlib import Path
@@ -13,14 +12,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ..errors import UserError
+from .pki_files import CertificateError, fingerprint_der  # noqa: F401 - re-exported
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 MIN_RSA_BITS = 2048
 
 
-class CertificateError(UserError, ValueError):
-    """A certificate, key or CSR that cannot be used; the message says why."""
 
 
 def new_key(kind: str = "ec") -> PrivateKey:
@@ -104,10 +101,6 @@ def load_csr_pem(data: bytes, what: str = "CSR") -> x509.CertificateSigningReque
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 of the DER certificate, lower-case hex (AWS IoT's certificate id)."""
     return cert.fingerprint(hashes.SHA256()).hex()
-
-
-def fingerprint_der(der: bytes) -> str:
-    return hashlib.sha256(der).hexdigest()
 
 
 def common_name(cert: x509.Certificate) -> str | None:

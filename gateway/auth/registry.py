@@ -14,14 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cryptography import x509
-
 from ..errors import UserError
 from ..names import THING_NAME
 from ..sqlite_schema import Schema, ensure_schema
-from .pki import cert_pem, common_name, fingerprint, load_cert_pem
 
 if TYPE_CHECKING:
+    from cryptography import x509
     from sqlite_utils import Database
 
 
@@ -174,6 +172,8 @@ class Registry:
 
     def add_certificate(self, thing: str, cert: x509.Certificate,
                         source: str = "issued") -> CertificateRecord:
+        from .pki import cert_pem, fingerprint  # the CLI's path; the daemon only reads
+
         self.require_thing(thing)
         rec = CertificateRecord(fingerprint(cert), thing, format(cert.serial_number, "x"),
                                 "active", source, cert.not_valid_after_utc.timestamp(),
@@ -215,6 +215,10 @@ class Registry:
     # ------------------------------------------------------------------ CAs
 
     def add_ca(self, pem: bytes, name: str | None = None) -> str:
+        from cryptography import x509  # the CLI's path; the daemon only reads
+
+        from .pki import cert_pem, common_name, fingerprint, load_cert_pem
+
         cert = load_cert_pem(pem, "CA certificate")
         try:
             bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value

@@ -17,15 +17,13 @@ import logging
 import ssl
 from pathlib import Path
 
-from cryptography import x509
-
 from ..mqtt import reason_codes as rc
 from ..mqtt.auth_hooks import AuthHooks, ClientInfo
 from ..state_dir import PKI_DIR, REGISTRY_DB
-from .ca import LocalCA
 from .default_policies import ALLOW_ALL_NAME, DEVICE_POLICY, DEVICE_POLICY_NAME
-from .pki import common_name, fingerprint_der
+from .pki_files import PKIFiles, fingerprint_der
 from .policy import CompiledPolicySet, Context, Policy, PolicyEngine, PolicyError
+from .prepare import prepare_pki
 from .registry import CertificateRecord, Registry, Thing
 
 log = logging.getLogger("lichen.auth")
@@ -39,7 +37,8 @@ class DeviceAuth(AuthHooks):
     def __init__(self, state_dir: Path, *, loopback_policy: str = ALLOW_ALL_NAME,
                  server_names: list[str] | None = None, region: str = "local",
                  account: str = "000000000000", policy_cache_size: int = 4096) -> None:
-        self.ca = LocalCA(state_dir / PKI_DIR)
+        self.state_dir = state_dir
+        self.ca = PKIFiles(state_dir / PKI_DIR)   # read-only here: no `cryptography`
         self.registry = Registry(state_dir / REGISTRY_DB)
         self.engine = PolicyEngine(region=region, account=account,
                                    cache_size=policy_cache_size)
@@ -59,10 +58,9 @@ class DeviceAuth(AuthHooks):
 
     def prepare(self) -> None:
         """Create what is missing (CA, default policy, server certificate) and load state."""
-        self.ca.ensure()
+        prepare_pki(self.state_dir, self.server_names)  # a child process, when there is work
         if DEVICE_POLICY_NAME not in self.registry.policies():
             self.registry.put_policy(DEVICE_POLICY_NAME, DEVICE_POLICY)
-        self.ca.ensure_server_certificate(self.server_names)
         if self.loopback_policy != ALLOW_ALL_NAME:
             self.registry.get_policy(self.loopback_policy)  # must exist
         self._reload()
@@ -75,7 +73,7 @@ class DeviceAuth(AuthHooks):
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.ca.server_cert_path, self.ca.server_key_path)
-        anchors = [self.ca.pem().decode()] + [pem for _id, _name, pem in self.registry.cas()]
+        anchors = [self.ca.ca_pem_text()] + [pem for _id, _name, pem in self.registry.cas()]
         anchors += [c.pem for c in self._certs.values()
                     if c.source == "registered" and c.active]
         ctx.load_verify_locations(cadata="\n".join(anchors))
@@ -135,7 +133,7 @@ class DeviceAuth(AuthHooks):
         """Re-issue the server certificate if it nears expiry or the host's names changed;
         new handshakes use it at once, live connections are untouched."""
         renewed = await asyncio.get_running_loop().run_in_executor(
-            None, self.ca.ensure_server_certificate, self.server_names)
+            None, prepare_pki, self.state_dir, self.server_names)
         if renewed:
             self._ctx = self._build_context()
         return renewed
@@ -188,8 +186,15 @@ class DeviceAuth(AuthHooks):
                 log.warning("refused %s: thing %s was removed", info.client_id, rec.thing)
                 return rc.NOT_AUTHORIZED
         else:
+            # Rare (a CA-registered device's first connect, or a removed thing): only here
+            # does the daemon load `cryptography`.
+            from cryptography import x509
+
+            from .pki import common_name, load_cert_pem
+
             cert = x509.load_der_x509_certificate(der)
-            if cert.issuer == self.ca.certificate.subject:
+            ca_cert = load_cert_pem(self.ca.ca_pem_text().encode(), str(self.ca.ca_cert_path))
+            if cert.issuer == ca_cert.subject:
                 # Issued here but not in the registry: the thing was removed.
                 log.warning("refused %s: certificate %s... is not in the device registry "
                             "(removed?)", info.client_id, cert_id[:12])
