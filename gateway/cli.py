@@ -117,6 +117,11 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(f"spool: {spool['messages']} messages, {spool['bytes']} bytes; "
                       f"{spool['sent_acknowledged']} sent, {spool['refused_full']} refused, "
                       f"{spool['dropped_oldest']} dropped when full")
+                eta = spool.get("drain_eta_s")
+                drains = ("empty" if not spool["messages"] else "not draining" if eta is None
+                          else f"empty in about {eta:g} s")
+                print(f"backlog: oldest {spool.get('oldest_age_s') or 0:g} s, acknowledged "
+                      f"{spool.get('drain_per_s', 0):g}/s, {drains}")
     if not running:
         print(f"lichen: no gateway is running on {state_dir}", file=sys.stderr)
         return 3

@@ -100,11 +100,13 @@ class CloudSettings:
     key_file: str | None = None
     ca_file: str | None = None                # default: the system trust store
     keepalive_s: int = 60
-    min_reconnect_s: float = 1.0              # exponential backoff with full jitter
-    max_reconnect_s: float = 120.0
+    min_reconnect_s: float = 1.0              # reconnect waits: up to this at first,
+    max_reconnect_s: float = 120.0            # growing with the outage to at most this,
+    reconnect_ramp_s: float = 600.0           # reached after this long (gateway.cloud.backoff)
     max_inflight: int = 100                   # publishes awaiting the cloud's PUBACK
     aws_iot_limits: bool = True               # pace as IoT Core allows (100 publishes/s)
     session_expiry_s: int = 3600              # cloud keeps our subscriptions this long
+    backlog_warn_after_s: float = 60.0        # log when the spool's backlog grew this long
 
 
 @dataclass(slots=True)
@@ -164,6 +166,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cloud.keepalive_s": (5, 1200),
     "cloud.min_reconnect_s": (0.1, 3600),
     "cloud.max_reconnect_s": (0.1, 86_400),
+    "cloud.reconnect_ramp_s": (1, 86_400),
+    "cloud.backlog_warn_after_s": (1, 86_400),
     "cloud.max_inflight": (1, 65_535),
     "cloud.session_expiry_s": (0, 4_294_967_295),
     "spool.max_messages": (1, 1_000_000_000),
@@ -361,9 +365,13 @@ port = 8883                       # 443 uses ALPN (x-amzn-mqtt-ca) through firew
 # cert_file = "cloud/certificate.pem.crt"   # relative to the state directory
 # key_file = "cloud/private.pem.key"
 # ca_file = "cloud/AmazonRootCA1.pem"       # default: the system trust store
+# Reconnecting: the wait grows with the outage, not with the attempts: up to
+# min_reconnect_s at first, max_reconnect_s only after reconnect_ramp_s of failures.
 min_reconnect_s = 1.0
 max_reconnect_s = 120.0
+reconnect_ramp_s = 600.0
 max_inflight = 100
+backlog_warn_after_s = 60         # log a warning when the spool's backlog grew this long
 aws_iot_limits = true             # pace publishes as IoT Core allows; false for stand-ins
 
 [spool]

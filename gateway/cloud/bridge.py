@@ -3,8 +3,10 @@
 Up routes attach to the broker as internal subscribers: a matching message is rewritten for
 the cloud and spooled, and the publisher's PUBACK waits for the spool's commit. Down routes
 are subscriptions on the cloud connection: what arrives is rewritten and published locally.
-Messages that came down from the cloud never go back up (loops). The connection state is
-kept in `status()` and in the retained `$lichen/cloud/connection` topic.
+Messages that came down from the cloud never go back up (loops). The connection state and
+the backlog (gateway.cloud.backlog) are kept in `status()` and in the retained
+`$lichen/cloud/connection` topic, which is published again on each change of state and
+every few seconds while messages wait in the spool.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ..mqtt.message import Message
 from ..mqtt.topics import InvalidTopic, compile_filter
 from ..spool.queue import Spool
 from ..spool.store import SpoolDB
+from .backlog import BacklogWatch
 from .link import CloudLink, Incoming
 from .routes import Route
 from .uplink import Uplink
@@ -51,7 +54,9 @@ class CloudBridge:
         self.spool = Spool(cfg.spool, SpoolDB(state_dir / SPOOL_DB, cfg.spool.sync))
         self.link = CloudLink(cfg.cloud, state_dir, self._on_state, self._from_cloud,
                               self._on_completions)
-        self.uplink = Uplink(self.spool, self.link, cfg.cloud.max_inflight)
+        backlog = BacklogWatch(self.spool, cfg.cloud.backlog_warn_after_s,
+                               self._publish_connection)
+        self.uplink = Uplink(self.spool, self.link, cfg.cloud.max_inflight, backlog)
         self.state = "stopped"
         self.since = time.time()
         self.last_error: str | None = None
@@ -81,7 +86,7 @@ class CloudBridge:
             self.broker.unsubscribe_callback(sub)
         self._subs.clear()
         self._stopping = True
-        self.uplink.on_disconnected()
+        self.uplink.close()
         await self.link.stop()
         self._set_state("stopped", None)
         await self.spool.close()
@@ -163,23 +168,37 @@ class CloudBridge:
         self.state = state
         if changed:
             self.since = time.time()
+        self._publish_connection()
+
+    def _publish_connection(self) -> None:
         try:
             self.broker.publish(STATUS_TOPIC, json.dumps(self.connection_document()), 1, True)
         except Exception:  # the broker is stopping; the state is in status() anyway
             log.debug("cannot publish %s", STATUS_TOPIC, exc_info=True)
 
-    def connection_document(self) -> dict:
+    def backlog(self) -> dict:
+        """Depth, oldest message's age, drain rate and time to drain."""
+        return {"messages": self.spool.count, "bytes": self.spool.bytes,
+                **self.uplink.backlog.figures()}
+
+    def _state_document(self) -> dict:
         return {"state": self.state, "endpoint": f"{self.settings.endpoint}:{self.settings.port}",
                 "thing_name": self.thing, "since": round(self.since, 3),
                 "last_error": self.last_error}
 
+    def connection_document(self) -> dict:
+        """The retained $lichen/cloud/connection payload."""
+        return {**self._state_document(), "backlog": self.backlog()}
+
     def status(self) -> dict:
-        return {**self.connection_document(), "connects": self.connects,
+        retry_in = self.link.retry_in
+        return {**self._state_document(), "connects": self.connects,
                 "connection_failures": self.connection_failures,
+                "reconnect_in_s": None if retry_in is None else round(retry_in, 1),
                 "sent": self.uplink.sent, "resent": self.uplink.resent,
                 "received": self.received, "dropped_bad_topic": self.dropped_bad_topic,
                 "routes_up": len(self.up), "routes_down": len(self.down),
-                "spool": self.spool.status()}
+                "spool": {**self.spool.status(), **self.uplink.backlog.figures()}}
 
 
 def offline_status(cfg: GatewayConfig) -> dict:

@@ -1,12 +1,24 @@
 """The MQTT 5 connection to AWS IoT Core, through awsiotsdk over mutual TLS.
 
-The SDK's client (awscrt) runs its own event-loop thread: it connects, reconnects with
-exponential backoff and full jitter, and calls back on that thread. Everything that reaches
-the gateway is handed to the asyncio loop with call_soon_threadsafe; publish completions
-are batched so a fast drain costs one hop per batch, not one per message.
+The SDK's client (awscrt) runs its own event-loop thread and calls back on that thread.
+Everything that reaches the gateway is handed to the asyncio loop with
+call_soon_threadsafe; publish completions are batched so a fast drain costs one hop per
+batch, not one per message.
 
-The SDK keeps no queue of its own here (FAIL_ALL_ON_DISCONNECT): what was not acknowledged
-when a connection drops fails back to the spool, which sends it again in order.
+Who sends a message again: the spool, always, and never the SDK. When a connection ends
+or an attempt fails, the link stops the SDK's client, which fails back every publish it
+still held (FAIL_ALL_ON_DISCONNECT; stopping also fails the unacknowledged QoS 1 publishes
+the SDK would otherwise keep and re-send on a rejoined session), and the spool puts those
+back at its front, in order. The next connection starts with nothing of ours inside the
+SDK, so a message is on the wire once per connection. Keeping the spool as the one source
+(rather than letting the SDK re-send and the spool hold back) keeps one path for every
+kind of loss: dropped link, session not resumed, gateway restart.
+
+Reconnecting is ours too (gateway.cloud.backoff): the SDK's own backoff grows with the
+number of attempts, so a 20 s outage could cost another minute; between attempts the
+client is stopped and started again on the link's schedule. The session is rejoined
+(REJOIN_ALWAYS, since a stopped client forgets it ever connected): the cloud keeps our
+subscriptions and the QoS 1 commands sent to us while we were away.
 """
 
 from __future__ import annotations
@@ -14,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -21,11 +34,13 @@ from pathlib import Path
 
 from ..config import CloudSettings
 from ..errors import UserError
+from .backoff import Backoff
 
 log = logging.getLogger("lichen.cloud")
 
 # PUBACK reasons that mean "later", not "never": the message is sent again.
 _RETRY_REASONS = {0x97, 0x89}   # quota exceeded, server busy
+SDK_RETRY_FLOOR_S = 60.0         # the SDK's own retry, a safety net behind ours
 
 
 class CloudConfigError(UserError):
@@ -60,8 +75,13 @@ class CloudLink:
         self._client = None
         self._done: list[Completion] = []
         self._done_lock = threading.Lock()
-        self._stopped = threading.Event()
+        self._stopped = threading.Event()   # the SDK's client reached STOPPED
         self._mqtt5 = None
+        self.backoff = Backoff(settings.min_reconnect_s, settings.max_reconnect_s,
+                               settings.reconnect_ramp_s)
+        self._sdk = "stopped"      # our client: "running", "stopping" or "stopped"
+        self._retry: asyncio.TimerHandle | None = None
+        self._closing = False
 
     def _path(self, name: str | None) -> str | None:
         if name is None:
@@ -85,6 +105,7 @@ class CloudLink:
         self._qos = (mqtt5.QoS.AT_MOST_ONCE, mqtt5.QoS.AT_LEAST_ONCE)
         s = self.settings
         cert, key, ca = self._path(s.cert_file), self._path(s.key_file), self._path(s.ca_file)
+        sdk_retry_ms = int(max(s.max_reconnect_s, SDK_RETRY_FLOOR_S) * 1000)
         validation = (mqtt5.ExtendedValidationAndFlowControlOptions.AWS_IOT_CORE_DEFAULTS
                       if s.aws_iot_limits else mqtt5.ExtendedValidationAndFlowControlOptions.NONE)
         try:
@@ -93,12 +114,12 @@ class CloudLink:
                 ca_filepath=ca, client_id=s.thing_name,
                 keep_alive_interval_sec=s.keepalive_s,
                 session_expiry_interval_sec=s.session_expiry_s,
-                session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_POST_SUCCESS,
+                session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS,
                 offline_queue_behavior=mqtt5.ClientOperationQueueBehaviorType
                 .FAIL_ALL_ON_DISCONNECT,
-                retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.FULL,
-                min_reconnect_delay_ms=int(s.min_reconnect_s * 1000),
-                max_reconnect_delay_ms=int(s.max_reconnect_s * 1000),
+                # the SDK's own retry only if ours never came: we stop it long before
+                retry_jitter_mode=mqtt5.ExponentialBackoffJitterMode.NONE,
+                min_reconnect_delay_ms=sdk_retry_ms, max_reconnect_delay_ms=sdk_retry_ms,
                 ack_timeout_sec=60,
                 extended_validation_and_flow_control_options=validation,
                 enable_metrics_collection=False,
@@ -109,19 +130,63 @@ class CloudLink:
                     "connecting", _describe(d.exception, d.connack_packet)),
                 on_lifecycle_disconnection=lambda d: self._state(
                     "disconnected", _describe(d.exception, d.disconnect_packet)),
-                on_lifecycle_stopped=lambda d: self._stopped.set(),
+                on_lifecycle_stopped=self._sdk_stopped,
             )
         except Exception as exc:  # bad key or certificate files: say which, start nothing
             raise CloudConfigError(f"cloud: cannot use the certificate files ({cert}, {key}"
                                    f"{', ' + ca if ca else ''}): {exc}") from None
-        self._client.start()
+        self._attempt()
 
     async def stop(self) -> None:
         if self._client is None:
             return
-        self._client.stop()
-        await asyncio.get_running_loop().run_in_executor(None, self._stopped.wait, 5.0)
+        self._closing = True
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._sdk == "running":
+            self._stopped.clear()
+            self._client.stop()
+        if self._sdk != "stopped":
+            await asyncio.get_running_loop().run_in_executor(None, self._stopped.wait, 5.0)
         self._client = None
+
+    # ---------------------------------------------------------------- reconnecting
+
+    def _attempt(self) -> None:
+        self._retry = None
+        if self._closing or self._client is None:
+            return
+        self._sdk = "running"
+        self._client.start()
+
+    def _down(self) -> None:
+        """A connection ended or an attempt failed: stop the SDK's client (what it held
+        fails back to the spool) and try again when the backoff says."""
+        self.backoff.lost(time.monotonic())
+        if self._closing or self._sdk != "running":
+            return
+        self._sdk = "stopping"
+        self._stopped.clear()
+        self._client.stop()
+
+    def _sdk_stopped(self, _data=None) -> None:   # SDK thread
+        self._stopped.set()
+        self._call(self._schedule_attempt)
+
+    def _schedule_attempt(self) -> None:
+        self._sdk = "stopped"
+        if self._closing or self._retry is not None:
+            return
+        delay = self.backoff.next_delay(time.monotonic())
+        self._retry = self._loop.call_later(delay, self._attempt)
+
+    @property
+    def retry_in(self) -> float | None:
+        """Seconds until the next attempt, while waiting for one."""
+        if self._retry is None:
+            return None
+        return max(0.0, self._retry.when() - self._loop.time())
 
     # ---------------------------------------------------------------- to the cloud
 
@@ -199,7 +264,16 @@ class CloudLink:
         self._call(self._on_message, Incoming(p.topic, payload, int(p.qos), props))
 
     def _state(self, state: str, why: str | None) -> None:
-        self._call(self._on_state, state, why)
+        self._call(self._changed, state, why)
+
+    def _changed(self, state: str, why: str | None) -> None:
+        if self._closing:
+            return
+        if state == "connected":
+            self.backoff.connected(time.monotonic())
+        elif why is not None:   # a connection ended or an attempt failed
+            self._down()
+        self._on_state(state, why)
 
     def _call(self, fn: Callable, *args) -> None:
         loop = self._loop

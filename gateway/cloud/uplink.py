@@ -3,9 +3,13 @@ the spool before the cloud acknowledged it.
 
 While connected, the window is topped up whenever messages arrive or acknowledgements come
 back, one batch per loop turn, so a long backlog drains as fast as the link acknowledges
-and local traffic keeps its turns on the event loop. When the link drops, what was in
-flight fails back (or is rewound on the next connect) and goes first again: delivery is
-at least once, in spool order, which keeps per-topic order.
+and local traffic keeps its turns on the event loop. A further turn is taken only while a
+full batch went out and more waits: an idle link costs no wake-ups at all.
+
+A publish that fails (the link dropped, or the SDK was stopped between connections: see
+gateway.cloud.link) comes back here and goes first again; nothing else re-sends, so each
+message is on the wire once per connection. Delivery is at least once (a message whose
+PUBACK was lost with the link is sent again), in spool order, which keeps per-topic order.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 
 from ..log_throttle import LogThrottle
 from ..spool.queue import Spool
+from .backlog import BacklogWatch
 from .link import CloudLink, Completion
 
 log = logging.getLogger("lichen.cloud")
@@ -25,12 +30,13 @@ PUMP_BATCH = 32            # publishes handed to the SDK per loop turn
 
 
 class Uplink:
-    def __init__(self, spool: Spool, link: CloudLink, max_inflight: int) -> None:
+    def __init__(self, spool: Spool, link: CloudLink, max_inflight: int,
+                 backlog: BacklogWatch) -> None:
         self.spool = spool
         self.link = link
         self.max_inflight = max_inflight
+        self.backlog = backlog
         self.connected = False
-        self.epoch = 0                 # connection number: completions of old ones are stale
         self.sent = 0
         self.resent = 0
         self._reject_log = LogThrottle(REJECT_LOG_INTERVAL)
@@ -38,35 +44,34 @@ class Uplink:
         spool.listener = self.pump
 
     def on_connected(self) -> None:
-        self.epoch += 1
         self.connected = True
-        rewound = self.spool.rewind()
-        if rewound:
-            self.resent += rewound
-            log.info("cloud: sending %d unacknowledged messages again", rewound)
+        self.backlog.connected()
         self.pump()
 
     def on_disconnected(self) -> None:
         self.connected = False
+        self.backlog.disconnected()
 
     def pump(self) -> None:
         spool = self.spool
+        if spool.count:
+            self.backlog.poke()
         room = self.max_inflight - spool.inflight
         if not self.connected or room <= 0:
             return
-        if room > PUMP_BATCH:  # the rest on a later turn: local traffic goes in between
-            room = PUMP_BATCH
-            if not self._pump_scheduled:
-                self._pump_scheduled = True
-                asyncio.get_running_loop().call_soon(self._pump_later)
+        batch = min(room, PUMP_BATCH)
         link = self.link
-        token_epoch = self.epoch
-        for e in spool.take(room):
+        taken = spool.take(batch)
+        for e in taken:
             expiry = None
             if e.expiry_at is not None:
                 expiry = max(1, int(e.expiry_at - time.time() + 0.999))
-            link.publish((token_epoch, e.seq), e.topic, e.payload, e.qos, e.properties, expiry)
-            self.sent += 1
+            link.publish(e.seq, e.topic, e.payload, e.qos, e.properties, expiry)
+        self.sent += len(taken)
+        # more room and more to send: the rest on a later turn, local traffic in between
+        if len(taken) == batch < room and spool.has_unsent and not self._pump_scheduled:
+            self._pump_scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump_later)
 
     def _pump_later(self) -> None:
         self._pump_scheduled = False
@@ -75,18 +80,25 @@ class Uplink:
     def on_completions(self, batch: list[Completion]) -> None:
         spool = self.spool
         retry: list[int] = []
-        for (epoch, seq), ok, permanent, why in batch:
+        acked = 0
+        for seq, ok, permanent, why in batch:
             if ok:
                 spool.ack(seq)
+                acked += 1
             elif permanent:
                 spool.ack(seq, rejected=True)
                 self._log_reject(seq, why)
-            elif epoch == self.epoch:
-                retry.append(seq)   # failed on the current connection: send again
-            # else: from a connection that is gone; on_connected rewound it already
+            else:
+                retry.append(seq)   # failed back (link down, SDK stopped): send again
+        if acked:
+            self.backlog.acked(acked)
         if retry:
             self.resent += spool.retry(retry)
         self.pump()
+
+    def close(self) -> None:
+        self.on_disconnected()
+        self.backlog.close()
 
     def _log_reject(self, seq: int, why: str) -> None:
         if self._reject_log.ready():

@@ -55,7 +55,7 @@ class Spool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: deque[Entry] = deque()     # unsent, oldest first, in memory
         self._inflight: dict[int, Entry] = {}   # sent, awaiting the cloud's ack
-        self._requeued: dict[int, Entry] = {}   # sent once, back in _queue after a rewind
+        self._requeued: dict[int, Entry] = {}   # sent once, back in _queue after a failure
         self._next_seq = 1
         self._mem_last = 0            # highest seq in memory (or read back from disk)
         self._disk_backlog = False    # rows on disk newer than _mem_last
@@ -181,10 +181,6 @@ class Spool:
         else:
             self.stats.sent_acknowledged += 1
 
-    def rewind(self) -> int:
-        """The link dropped: what was sent but not acknowledged goes first again."""
-        return self.retry(list(self._inflight))
-
     def retry(self, seqs: list[int]) -> int:
         """These sends failed: put them back at the front, in order, ahead of the rest."""
         entries = [e for e in (self._inflight.pop(s, None) for s in seqs) if e is not None]
@@ -208,6 +204,17 @@ class Spool:
     @property
     def has_unsent(self) -> bool:
         return bool(self._queue) or self._disk_backlog
+
+    def oldest_spooled_at(self) -> float | None:
+        """When the oldest message still waiting was spooled (wall clock); None if none is
+        in memory (nothing waits, or the backlog is still being read back)."""
+        oldest = min((e.spooled_at for e in self._inflight.values()), default=None)
+        for e in self._queue:   # in order: the first one not done is the oldest here
+            if not e.done:
+                if oldest is None or e.spooled_at < oldest:
+                    oldest = e.spooled_at
+                break
+        return oldest
 
     def _finish(self, e: Entry) -> None:
         e.done = True

@@ -83,7 +83,7 @@ def test_unacknowledged_survive_reopen_and_come_first(tmp_path):
     asyncio.run(main())
 
 
-def test_retry_and_rewind_resend_in_order(tmp_path):
+def test_failed_sends_go_first_again_in_order(tmp_path):
     async def main():
         spool = make(tmp_path / "s.db")
         spool.open(asyncio.get_running_loop())
@@ -92,13 +92,37 @@ def test_retry_and_rewind_resend_in_order(tmp_path):
         first = spool.take(6)
         spool.ack(first[1].seq)
         assert spool.retry([first[4].seq, first[2].seq]) == 2
-        assert spool.rewind() == 3   # 0, 3, 5 still in flight
+        # the link dropped: the rest fails back, in any order, and merges with the above
+        assert spool.retry([first[5].seq, first[0].seq, first[3].seq]) == 3
+        assert spool.retry([first[0].seq]) == 0     # not in flight any more
         order = [int(e.payload) for e in spool.take(100)]
         assert order == [0, 2, 3, 4, 5, 6, 7, 8, 9]
         # a late ack from the old connection for a resent message is not lost or doubled
         spool.ack(first[0].seq)
         spool.ack(first[0].seq)
         assert spool.count == 8
+        await spool.close()
+
+    asyncio.run(main())
+
+
+def test_oldest_waiting_message(tmp_path):
+    async def main():
+        spool = make(tmp_path / "s.db")
+        spool.open(asyncio.get_running_loop())
+        assert spool.oldest_spooled_at() is None
+        for i in range(4):
+            offer(spool, "t", str(i).encode())
+        at = [e.spooled_at for e in spool._queue]
+        taken = spool.take(2)
+        assert spool.oldest_spooled_at() == at[0]     # in flight counts: not acknowledged
+        spool.ack(taken[0].seq)
+        assert spool.oldest_spooled_at() == at[1]
+        spool.retry([taken[1].seq])
+        assert spool.oldest_spooled_at() == at[1]     # back in the queue, still the oldest
+        for e in spool.take(10):
+            spool.ack(e.seq)
+        assert spool.oldest_spooled_at() is None
         await spool.close()
 
     asyncio.run(main())
