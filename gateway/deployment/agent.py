@@ -151,6 +151,16 @@ class DeploymentAgent:
                     if not fut.done():
                         fut.set_result(final)
 
+    async def _write_status(self) -> None:
+        """status.json now, not at the next tick: `lichen fn invoke` checks the function
+        list there, and a deployment just changed it."""
+        from ..state_dir import write_status
+
+        try:
+            await asyncio.to_thread(write_status, self.state_dir, self.gateway.status())
+        except OSError as exc:
+            log.warning("cannot write status file: %s", exc)
+
     async def _activate(self, dep: Deployment) -> None:
         """SWITCHED -> HEALTH_CHECK -> SUCCEEDED, or back to the version before: FAILED."""
         gw = self.gateway
@@ -160,6 +170,7 @@ class DeploymentAgent:
             new = await asyncio.to_thread(versions.version_config, self.state_dir, dep.version)
             changes = await reconfigure(gw, versions.with_deployed(gw.cfg, new))
             self.version = dep.version
+            await self._write_status()
             await asyncio.to_thread(self.store.set_state, dep.id, HEALTH_CHECK,
                                     "; ".join(changes) or "no component changed")
             self._progress(dep.id, HEALTH_CHECK, None)
@@ -197,6 +208,7 @@ class DeploymentAgent:
             old = await asyncio.to_thread(versions.version_config, self.state_dir, previous)
             await reconfigure(self.gateway, versions.with_deployed(self.gateway.cfg, old))
             self.version = previous
+            await self._write_status()
         except Exception:
             log.exception("deployment %d: reconfiguring back to version %d failed; a "
                           "restart runs it", dep.id, previous)
