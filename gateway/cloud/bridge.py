@@ -39,6 +39,12 @@ CLOUD_ORIGIN = "\x00cloud"     # not a possible client id: MQTT strings cannot h
 BAD_TOPIC_LOG_INTERVAL = 10.0
 
 
+class _Direct:
+    """The token of a publish_direct send (the spool's tokens are ints)."""
+
+    __slots__ = ()
+
+
 class CloudBridge:
     def __init__(self, broker: Broker, cfg: GatewayConfig, state_dir: Path) -> None:
         self.broker = broker
@@ -65,6 +71,10 @@ class CloudBridge:
         self.received = 0
         self.dropped_bad_topic = 0
         self._subs: list[InternalSubscriber] = []
+        self._state_listeners: list[Callable[[str], None]] = []
+        self._cloud_subs: list[tuple[str, int, Callable[[str], bool],
+                                     Callable[[Incoming], None]]] = []
+        self._direct: dict[_Direct, asyncio.Future] = {}
         self._bad_topic_log = LogThrottle(BAD_TOPIC_LOG_INTERVAL)
         self._stopping = False
 
@@ -117,12 +127,58 @@ class CloudBridge:
                         route.name, topic, exc)
 
     def _on_completions(self, batch: list) -> None:
-        self.uplink.on_completions(batch)
+        spooled = batch
+        if self._direct:  # publish_direct's futures are answered here, the rest is the spool's
+            spooled = []
+            for item in batch:
+                future = self._direct.pop(item[0], None) if type(item[0]) is _Direct else None
+                if future is None:
+                    spooled.append(item)
+                elif not future.done():
+                    future.set_result((item[1], item[3]))
+        if spooled:
+            self.uplink.on_completions(spooled)
+
+    # ------------------------------------------------- other components on the connection
+
+    def add_state_listener(self, listener: Callable[[str], None]) -> None:
+        """listener(state) on the loop at every change: "connecting", "connected",
+        "disconnected", "stopped". Components that talk to the cloud themselves (deployment
+        Jobs, shadow sync) resume their work on "connected"."""
+        self._state_listeners.append(listener)
+
+    def subscribe_cloud(self, topic_filter: str, qos: int,
+                        callback: Callable[[Incoming], None]) -> None:
+        """Receive cloud messages matching topic_filter (subscribed now if connected, and again
+        on every connection); they do not go through the down routes' republishing."""
+        self._cloud_subs.append((topic_filter, qos, compile_filter(topic_filter), callback))
+        if self.state == "connected":
+            self.link.subscribe([(topic_filter, qos)])
+
+    def publish_direct(self, topic: str, payload: bytes, qos: int = 1) -> asyncio.Future:
+        """Publish to the cloud now, outside the spool: for a component that keeps its own
+        durable state and retries (job status updates, shadow sync requests). The future
+        resolves to (acknowledged, why) when the cloud answers or the attempt fails; while
+        disconnected it resolves at once to (False, "not connected")."""
+        future = asyncio.get_running_loop().create_future()
+        if self.state != "connected":
+            future.set_result((False, "not connected"))
+            return future
+        token = _Direct()
+        self._direct[token] = future
+        self.link.publish(token, topic, payload, qos, {}, None)
+        return future
 
     # ---------------------------------------------------------------- cloud -> local
 
     def _from_cloud(self, incoming: Incoming) -> None:
         self.received += 1
+        for _, _, match, callback in self._cloud_subs:
+            if match(incoming.topic):
+                try:
+                    callback(incoming)
+                except Exception:  # one component's bug must not stop the others
+                    log.exception("cloud subscriber failed on %s", incoming.topic)
         for route, _, match in self.down:
             if not match(incoming.topic):
                 continue
@@ -140,8 +196,10 @@ class CloudBridge:
             return
         if state == "connected":
             self.connects += 1
-            if self.down:
-                self.link.subscribe([(f, r.qos) for r, f, _ in self.down])
+            filters = [(f, r.qos) for r, f, _ in self.down]
+            filters += [(f, qos) for f, qos, _, _ in self._cloud_subs]
+            if filters:
+                self.link.subscribe(filters)
             self.uplink.on_connected()
             log.info("cloud: connected to %s:%d (%d messages spooled)",
                      self.settings.endpoint, self.settings.port, self.spool.count)
@@ -168,6 +226,16 @@ class CloudBridge:
         self.state = state
         if changed:
             self.since = time.time()
+            if state != "connected":  # what was sent directly failed with the connection
+                for future in self._direct.values():
+                    if not future.done():
+                        future.set_result((False, f"connection {state}"))
+                self._direct.clear()
+            for listener in self._state_listeners:
+                try:
+                    listener(state)
+                except Exception:
+                    log.exception("cloud state listener failed")
         self._publish_connection()
 
     def _publish_connection(self) -> None:

@@ -151,6 +151,13 @@ class CloudLink:
             await asyncio.get_running_loop().run_in_executor(None, self._stopped.wait, 5.0)
         self._client = None
 
+    @property
+    def protocol_client(self):
+        """The SDK's MQTT 5 client (awscrt.mqtt5.Client), for awsiotsdk's service clients
+        (Jobs, Shadow) that ride on this connection; None before start(). It is stopped and
+        started again between connections: build service clients once, they follow it."""
+        return self._client
+
     # ---------------------------------------------------------------- reconnecting
 
     def _attempt(self) -> None:
