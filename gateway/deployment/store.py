@@ -57,7 +57,25 @@ def _create(db: Database) -> None:
     db.execute("CREATE INDEX events_by_deployment ON events(deployment_id, id)")
 
 
-SCHEMA = Schema("deployment store", _create)
+def _add_job_reports(db: Database) -> None:
+    """Version 2: what the IoT Jobs agent last reported for each job, so a restart finishes
+    the job's report without sending it twice (the job's deployment: deployments.job_id)."""
+    db.execute("""CREATE TABLE job_reports (
+        job_id TEXT PRIMARY KEY,
+        execution_version INTEGER,       -- the execution's versionNumber as last known
+        reported TEXT,                   -- the last status the cloud accepted (or settled)
+        note TEXT,
+        updated_at REAL NOT NULL)""")
+    db.execute("CREATE INDEX deployments_by_job ON deployments(job_id) "
+               "WHERE job_id IS NOT NULL")
+
+
+def _create_current(db: Database) -> None:
+    _create(db)
+    _add_job_reports(db)
+
+
+SCHEMA = Schema("deployment store", _create_current, migrations=(_add_job_reports,))
 
 
 @dataclass(slots=True)
@@ -149,6 +167,45 @@ class DeploymentStore:
             f"SELECT {self._COLUMNS} FROM deployments WHERE version = ? AND state IN "
             "(?, ?, ?, ?) ORDER BY id DESC LIMIT 1",
             (version, SWITCHED, HEALTH_CHECK, SUCCEEDED, ROLLED_BACK)).fetchone())
+
+    # --- IoT Jobs: the job <-> deployment link and the last status reported -------------
+
+    def by_job(self, job_id: str) -> Deployment | None:
+        """The latest deployment of the job."""
+        return self._row(self.db.execute(
+            f"SELECT {self._COLUMNS} FROM deployments WHERE job_id = ? ORDER BY id DESC "
+            "LIMIT 1", (job_id,)).fetchone())
+
+    def job_report(self, job_id: str) -> tuple[int | None, str | None]:
+        """(execution version, last status reported) of a job; (None, None) if unknown."""
+        row = self.db.execute("SELECT execution_version, reported FROM job_reports "
+                              "WHERE job_id = ?", (job_id,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+    def set_job_report(self, job_id: str, *, version: int | None = None,
+                       reported: str | None = None, note: str | None = None) -> None:
+        """Record what is known; a field given as None keeps its value."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.execute(
+                "INSERT INTO job_reports (job_id, execution_version, reported, note, "
+                "updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+                "execution_version = coalesce(excluded.execution_version, execution_version), "
+                "reported = coalesce(excluded.reported, reported), "
+                "note = coalesce(excluded.note, note), updated_at = excluded.updated_at",
+                (job_id, version, reported, note, time.time()))
+
+    def jobs_to_finish(self, settled: tuple[str, ...]) -> list[Deployment]:
+        """Deployments of jobs, oldest first, that are not final, or final with an outcome
+        not yet reported (no report in `settled` recorded for their job)."""
+        marks = ", ".join("?" * len(settled))
+        rows = self.db.execute(
+            f"SELECT {', '.join('d.' + c for c in self._COLUMNS.split(', '))} "
+            "FROM deployments d LEFT JOIN job_reports r ON r.job_id = d.job_id "
+            "WHERE d.job_id IS NOT NULL AND d.id = (SELECT max(id) FROM deployments "
+            f"WHERE job_id = d.job_id) AND (r.reported IS NULL OR r.reported NOT IN ({marks})) "
+            "ORDER BY d.id", settled).fetchall()
+        return [self._row(r) for r in rows]
 
     def events(self, dep_id: int) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT state, detail, at FROM events WHERE deployment_id = ? "
