@@ -107,6 +107,7 @@ class CloudSettings:
     aws_iot_limits: bool = True               # pace as IoT Core allows (100 publishes/s)
     session_expiry_s: int = 3600              # cloud keeps our subscriptions this long
     backlog_warn_after_s: float = 60.0        # log when the spool's backlog grew this long
+    jobs: bool = True                         # take deployments from AWS IoT Jobs (with endpoint)
 
 
 @dataclass(slots=True)
