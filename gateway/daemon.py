@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .cloud.bridge import CloudBridge
     from .deployment.agent import DeploymentAgent
     from .deployment.boot import Boot
+    from .deployment.jobs import JobsAgent
     from .functions.executor import FunctionExecutor
     from .shadow.service import ShadowService
 
@@ -58,6 +59,7 @@ class Gateway:
         self.cfg = cfg
         self.boot = boot
         self.deployments: DeploymentAgent | None = None
+        self.jobs: JobsAgent | None = None
         self.state_dir = state_dir
         self.lock = StateLock(state_dir)
         self.broker: Broker | None = None
@@ -102,6 +104,10 @@ class Gateway:
             self.functions = FunctionExecutor(self.broker, self.cfg.functions,
                                               self.cfg.models, self.state_dir)
             await self.functions.start()
+        if self.boot is not None and self.cfg.cloud.endpoint and self.cfg.cloud.jobs:
+            from .deployment.jobs import JobsAgent  # attached to each bridge as it starts
+
+            self.jobs = JobsAgent(self.state_dir, self.cfg.cloud.thing_name)
         await self._start_cloud()
         if lst.tls_port is not None:
             if external_tls:
@@ -127,6 +133,8 @@ class Gateway:
 
             self.deployments = DeploymentAgent(self, self.boot)
             await self.deployments.start()
+            if self.jobs is not None:  # jobs run through the agent, so after it
+                await self.jobs.start(self.deployments)
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._status_writer()))
         interval = watchdog_interval()
@@ -154,6 +162,8 @@ class Gateway:
 
         self.cloud = CloudBridge(self.broker, self.cfg, self.state_dir)
         await self.cloud.start()
+        if self.jobs is not None:  # at each start: a deployment may replace the bridge
+            self.jobs.attach(self.cloud)
 
     def status(self) -> dict:
         status = {"pid": os.getpid(), "state_dir": str(self.state_dir), "time": time.time(),
@@ -172,6 +182,8 @@ class Gateway:
             status["cloud"] = offline_status(self.cfg)
         status["deployments"] = (self.deployments.status() if self.deployments is not None
                                  else {"enabled": False})
+        if self.jobs is not None:
+            status["deployments"]["jobs"] = self.jobs.status()
         return status
 
     async def _status_writer(self) -> None:
@@ -199,6 +211,8 @@ class Gateway:
         notify("STOPPING=1")
         for task in self._tasks:
             task.cancel()
+        if self.jobs is not None:  # no new job while the parts stop
+            await self.jobs.stop()
         if self.deployments is not None:  # no reconfiguring while the parts stop
             await self.deployments.stop()
         if self.discovery is not None:
