@@ -8,6 +8,19 @@ and returns the messages IoT Core would publish in answer: `/accepted` or `/reje
     $aws/things/T/jobs/start-next           start the next pending execution
     $aws/things/T/jobs/JOB/get              one execution; JOB may be $next
     $aws/things/T/jobs/JOB/update           status IN_PROGRESS, SUCCEEDED, FAILED, REJECTED
+
+The operator's side keeps two job configurations as IoT Core enforces them:
+
+- rollout (`jobExecutionsRolloutConfig.maximumPerMinute`): executions are created at most N
+  per minute from the job's creation (N at once, N more a minute later, ...); a thing whose
+  execution is not created yet sees no job. `tick(now)` creates what is due.
+- abort (`abortConfig.criteriaList`, action CANCEL): once at least minNumberOfExecutedThings
+  executions ended (a terminal status) and the failures of failureType (FAILED, REJECTED,
+  TIMED_OUT or ALL of them) are at least thresholdPercentage of those, the job is CANCELED:
+  QUEUED executions and those not yet created are canceled; IN_PROGRESS ones run on (a
+  cancel without force), and their updates are still taken.
+
+Exponential rollout, timeouts and retries are not modelled.
 """
 
 from __future__ import annotations
@@ -35,6 +48,7 @@ class Execution:
     last_updated_at: int = 0
     version: int = 1
     execution_number: int = 1
+    created: bool = True         # False: held back by the job's rollout rate
 
     def summary(self) -> dict[str, Any]:
         out = {"jobId": self.job_id, "queuedAt": self.queued_at,
@@ -56,32 +70,118 @@ class Execution:
                 "versionNumber": self.version}
 
 
+@dataclass
+class Job:
+    job_id: str
+    created_at: int
+    max_per_minute: int | None = None
+    abort: list[dict[str, Any]] = field(default_factory=list)
+    status: str = "IN_PROGRESS"          # or CANCELED, COMPLETED
+    reason: str | None = None
+
+
+FAILURE_TYPES = {"FAILED": {"FAILED"}, "REJECTED": {"REJECTED"}, "TIMED_OUT": {"TIMED_OUT"},
+                 "ALL": {"FAILED", "REJECTED", "TIMED_OUT"}}
+EXECUTED = {"SUCCEEDED", "FAILED", "REJECTED", "TIMED_OUT"}
+
+
+def _check_abort(criteria: Any) -> list[dict[str, Any]]:
+    if not isinstance(criteria, list):
+        raise ValueError(f"abortConfig.criteriaList: must be a list, got {criteria!r}")
+    for i, c in enumerate(criteria):
+        where = f"abortConfig.criteriaList[{i}]"
+        if not isinstance(c, dict) or c.get("action") != "CANCEL":
+            raise ValueError(f"{where}.action: must be CANCEL, got {c!r}")
+        if c.get("failureType") not in FAILURE_TYPES:
+            raise ValueError(f"{where}.failureType: must be one of {sorted(FAILURE_TYPES)}, "
+                             f"got {c.get('failureType')!r}")
+        if not isinstance(c.get("minNumberOfExecutedThings"), int) \
+                or c["minNumberOfExecutedThings"] < 1:
+            raise ValueError(f"{where}.minNumberOfExecutedThings: must be an integer >= 1, "
+                             f"got {c.get('minNumberOfExecutedThings')!r}")
+        pct = c.get("thresholdPercentage")
+        if not isinstance(pct, int | float) or not 0 <= pct <= 100:
+            raise ValueError(f"{where}.thresholdPercentage: must be 0-100, got {pct!r}")
+    return list(criteria)
+
+
 class JobStore:
     def __init__(self) -> None:
         self.executions: dict[tuple[str, str], Execution] = {}
+        self.jobs: dict[str, Job] = {}
         self._order = 0
 
     # --- the operator's side -------------------------------------------------------
 
     def add_job(self, job_id: str, document: dict[str, Any], things: list[str],
-                now: int) -> list[Message]:
+                now: int, rollout: dict[str, Any] | None = None,
+                abort: dict[str, Any] | None = None) -> list[Message]:
+        """rollout: jobExecutionsRolloutConfig ({"maximumPerMinute": N}); abort: abortConfig
+        ({"criteriaList": [...]}), as CreateJob takes them."""
+        if job_id in self.jobs:
+            raise ValueError(f"jobId: {job_id!r} exists already")
+        if len(set(things)) != len(things):
+            raise ValueError(f"things: {things!r} names a thing twice")
+        per_minute = (rollout or {}).get("maximumPerMinute")
+        if per_minute is not None and (not isinstance(per_minute, int) or per_minute < 1):
+            raise ValueError(f"jobExecutionsRolloutConfig.maximumPerMinute: must be an "
+                             f"integer >= 1, got {per_minute!r}")
+        criteria = _check_abort((abort or {}).get("criteriaList", []))
+        self.jobs[job_id] = Job(job_id, now, per_minute, criteria)
         before = {t: self._next_id(t) for t in things}
         for thing in things:
-            if (job_id, thing) in self.executions:
-                raise ValueError(f"job {job_id!r} already has an execution for {thing!r}")
             self._order += 1
             self.executions[(job_id, thing)] = Execution(job_id, thing, document, now,
-                                                         self._order, last_updated_at=now)
+                                                         self._order, last_updated_at=now,
+                                                         created=per_minute is None)
+        self._roll_out(now)
         return self._notify_changes(before, now)
 
-    def cancel_job(self, job_id: str, now: int) -> list[Message]:
+    def tick(self, now: int) -> list[Message]:
+        """Create the executions that jobs' rollout rates allow by now."""
+        before = {e.thing: self._next_id(e.thing) for e in self.executions.values()
+                  if not e.created}
+        self._roll_out(now)
+        return self._notify_changes(before, now)
+
+    def _roll_out(self, now: int) -> None:
+        for job in self.jobs.values():
+            if job.max_per_minute is None or job.status != "IN_PROGRESS":
+                continue
+            mine = sorted((e for e in self.executions.values() if e.job_id == job.job_id),
+                          key=lambda e: e.order)
+            allowed = job.max_per_minute * ((now - job.created_at) // 60 + 1)
+            for e in mine[:allowed]:
+                if not e.created:
+                    e.created, e.queued_at, e.last_updated_at = True, now, now
+
+    def cancel_job(self, job_id: str, now: int, reason: str = "canceled") -> list[Message]:
         things = [t for (j, t) in self.executions if j == job_id]
         before = {t: self._next_id(t) for t in things}
+        if job_id in self.jobs:
+            self.jobs[job_id].status, self.jobs[job_id].reason = "CANCELED", reason
         for thing in things:
             e = self.executions[(job_id, thing)]
-            if e.status in PENDING:
+            if e.status == "QUEUED":   # created or not; IN_PROGRESS runs on (no force)
                 e.status, e.last_updated_at, e.version = "CANCELED", now, e.version + 1
+                e.created = True
         return self._notify_changes(before, now)
+
+    def _check_abort(self, job_id: str, now: int) -> list[Message]:
+        job = self.jobs.get(job_id)
+        if job is None or job.status != "IN_PROGRESS":
+            return []
+        ended = [e.status for (j, _), e in self.executions.items()
+                 if j == job_id and e.status in EXECUTED]
+        for c in job.abort:
+            failures = sum(s in FAILURE_TYPES[c["failureType"]] for s in ended)
+            if len(ended) >= c["minNumberOfExecutedThings"] \
+                    and failures * 100 >= c["thresholdPercentage"] * len(ended):
+                return self.cancel_job(job_id, now, f"aborted: {failures} of {len(ended)} "
+                                       f"executions {c['failureType']}")
+        if all(e.status in TERMINAL for (j, _), e in self.executions.items() if j == job_id):
+            job.status = "COMPLETED"
+        return []
 
     def status(self, job_id: str) -> dict[str, str]:
         return {t: e.status for (j, t), e in sorted(self.executions.items()) if j == job_id}
@@ -108,13 +208,14 @@ class JobStore:
         elif len(parts) == 6 and parts[5] == "get":
             out = [self._describe(base, thing, parts[4], request, now)]
         elif len(parts) == 6 and parts[5] == "update":
-            out = [self._update(base, thing, parts[4], request, now)]
+            out = self._update(base, thing, parts[4], request, now)
         else:
             return []
         return out + self._notify_changes(before, now)
 
     def _pending(self, thing: str) -> list[Execution]:
-        found = [e for e in self.executions.values() if e.thing == thing and e.status in PENDING]
+        found = [e for e in self.executions.values()
+                 if e.thing == thing and e.created and e.status in PENDING]
         return sorted(found, key=lambda e: (PENDING.index(e.status), e.order))
 
     def _next_id(self, thing: str) -> str | None:
@@ -135,7 +236,8 @@ class JobStore:
         if e.status == "QUEUED":
             e.status, e.started_at, e.version = "IN_PROGRESS", now, e.version + 1
             e.last_updated_at = now
-            e.status_details.update(request.get("statusDetails") or {})
+            if request.get("statusDetails") is not None:
+                e.status_details = dict(request["statusDetails"])
         return _accepted(base, request, now, {"execution": e.full()})
 
     def _describe(self, base: str, thing: str, job_id: str, request: dict,
@@ -147,15 +249,23 @@ class JobStore:
                 return _accepted(base, request, now, {})
         else:
             e = self.executions.get((job_id, thing))
-            if e is None:
+            if e is None or not e.created:
                 return _rejected(base, request, "ResourceNotFound",
                                  f"no execution of job {job_id} for thing {thing}", now)
         with_doc = request.get("includeJobDocument", True) is not False
         return _accepted(base, request, now, {"execution": e.full(with_doc)})
 
-    def _update(self, base: str, thing: str, job_id: str, request: dict, now: int) -> Message:
+    def _update(self, base: str, thing: str, job_id: str, request: dict,
+                now: int) -> list[Message]:
+        answer = self._apply_update(base, thing, job_id, request, now)
+        if answer[0].endswith("/accepted"):
+            return [answer, *self._check_abort(job_id, now)]
+        return [answer]
+
+    def _apply_update(self, base: str, thing: str, job_id: str, request: dict,
+                      now: int) -> Message:
         e = self.executions.get((job_id, thing))
-        if e is None:
+        if e is None or not e.created:
             return _rejected(base, request, "ResourceNotFound",
                              f"no execution of job {job_id} for thing {thing}", now)
         status = request.get("status")
@@ -175,7 +285,8 @@ class JobStore:
         if e.started_at is None:
             e.started_at = now
         e.status, e.version, e.last_updated_at = status, e.version + 1, now
-        e.status_details.update(request.get("statusDetails") or {})
+        if request.get("statusDetails") is not None:  # given: replaced; else unchanged
+            e.status_details = dict(request["statusDetails"])
         extra: dict[str, Any] = {}
         if request.get("includeJobExecutionState"):
             extra["executionState"] = e.state()
