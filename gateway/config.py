@@ -111,6 +111,27 @@ class CloudSettings:
 
 
 @dataclass(slots=True)
+class ShadowSyncSettings:
+    # Sync of local shadows with AWS IoT Core's over the cloud connection (gateway.shadow.sync)
+    enabled: bool = False
+    # thing names or patterns (* ? [..]); "$gateway" is cloud.thing_name, "$registered"
+    # every thing in the local device registry
+    things: list[str] = field(default_factory=lambda: ["$gateway"])
+    # "$classic" for the classic shadow; named shadows by name or pattern
+    shadows: list[str] = field(default_factory=lambda: ["$classic"])
+    direction: str = "both"                   # or "up" (device to cloud), "down" (to device)
+    desired_conflict: str = "cloud"           # who wins a field changed on both sides,
+    reported_conflict: str = "local"          # as Greengrass ShadowManager by default
+    rate: float = 20.0                        # requests/s to the cloud, all shadows together
+    burst: int = 20
+    thing_rate: float = 10.0                  # requests/s per thing (IoT Core: 20 updates/s)
+    max_inflight: int = 10                    # unanswered requests (IoT Core: 10, then 429)
+    max_document_bytes: int = 8192            # AWS IoT's shadow state limit
+    max_depth: int = 6
+    response_timeout_s: float = 10.0
+
+
+@dataclass(slots=True)
 class SpoolSettings:
     max_messages: int = 1_000_000
     max_bytes: int = 256 * 1_048_576          # topic + payload bytes
@@ -130,6 +151,7 @@ class GatewayConfig:
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     cloud: CloudSettings = field(default_factory=CloudSettings)
     spool: SpoolSettings = field(default_factory=SpoolSettings)
+    shadow_sync: ShadowSyncSettings = field(default_factory=ShadowSyncSettings)
     log_level: str = "info"
     # [[functions]] / [[models]]: arrays of tables, validated in gateway.functions.settings
     # and gateway.ml.settings (FunctionSettings, ModelSettings)
@@ -171,6 +193,13 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cloud.backlog_warn_after_s": (1, 86_400),
     "cloud.max_inflight": (1, 65_535),
     "cloud.session_expiry_s": (0, 4_294_967_295),
+    "shadow_sync.rate": (0.01, 100_000),
+    "shadow_sync.burst": (1, 100_000),
+    "shadow_sync.thing_rate": (0.01, 1000),
+    "shadow_sync.max_inflight": (1, 1000),
+    "shadow_sync.max_document_bytes": (128, 1_048_576),
+    "shadow_sync.max_depth": (1, 64),
+    "shadow_sync.response_timeout_s": (0.5, 600),
     "spool.max_messages": (1, 1_000_000_000),
     "spool.max_bytes": (1024, 1 << 44),
     "spool.memory_window": (100, 10_000_000),
@@ -180,6 +209,9 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "spool.sync": ("normal", "full"),
     "spool.when_full": ("refuse", "drop-oldest"),
     "spool.qos0": ("memory", "disk"),
+    "shadow_sync.direction": ("both", "up", "down"),
+    "shadow_sync.desired_conflict": ("local", "cloud"),
+    "shadow_sync.reported_conflict": ("local", "cloud"),
     "log_level": ("debug", "info", "warning", "error"),
 }
 
@@ -261,6 +293,7 @@ def config_from_dict(data: dict, base_dir: Path | None = None) -> GatewayConfig:
         raise ConfigError(f"listeners.{missing[0]}: needed with {', '.join(given)} "
                           "(give all three, or none to use the gateway's own CA)")
     _check_discovery(cfg.discovery)
+    _check_shadow_sync(cfg)
     return cfg
 
 
@@ -291,6 +324,29 @@ def _check_discovery(d: DiscoverySettings) -> None:
         if not re.fullmatch(r"[A-Za-z0-9.:_%\[\]-]{1,253}", addr):
             raise ConfigError(f"discovery.host_addresses: {addr!r} is not a host name or "
                               "address")
+
+
+_THING_PATTERN = re.compile(r"[a-zA-Z0-9:_*?\[\]!-]{1,128}")
+_SHADOW_PATTERN = re.compile(r"[$a-zA-Z0-9:_*?\[\]!-]{1,64}")
+
+
+def _check_shadow_sync(cfg: GatewayConfig) -> None:
+    s = cfg.shadow_sync
+    for entry in s.things:
+        if entry not in ("$gateway", "$registered") and not _THING_PATTERN.fullmatch(entry):
+            raise ConfigError(f"shadow_sync.things: {entry!r} is not a thing name, a pattern "
+                              "of one (* ? [...]), $gateway or $registered")
+    for entry in s.shadows:
+        if entry != "$classic" and not _SHADOW_PATTERN.fullmatch(entry):
+            raise ConfigError(f"shadow_sync.shadows: {entry!r} is not $classic, a shadow "
+                              "name or a pattern of one (* ? [...])")
+    if not s.enabled:
+        return
+    if cfg.cloud.endpoint is None:
+        raise ConfigError("shadow_sync.enabled: needs cloud.endpoint (shadows sync over the "
+                          "cloud connection)")
+    if not cfg.shadow.enabled:
+        raise ConfigError("shadow_sync.enabled: needs shadow.enabled (the local shadows)")
 
 
 def load_config(path: str | Path | None) -> GatewayConfig:
@@ -399,6 +455,18 @@ sync = "normal"                   # "full" also survives power loss
 # filter = "cmd/{thing}/#"
 # topic = "commands/{3}"
 # qos = 1
+
+[shadow_sync]
+# Sync of local shadows with AWS IoT Core's, both ways, over the cloud connection.
+enabled = false
+things = ["$gateway"]             # names or patterns; "$gateway", "$registered"
+shadows = ["$classic"]            # "$classic", named shadow names or patterns
+direction = "both"                # or "up" (device to cloud), "down" (cloud to device)
+desired_conflict = "cloud"        # who wins a field changed on both sides
+reported_conflict = "local"
+rate = 20.0                       # requests/s to the cloud (token bucket), burst below
+burst = 20
+thing_rate = 10.0                 # per thing (IoT Core allows 20 updates/s per thing)
 
 [shadow]
 # AWS IoT Device Shadows (classic and named) on $aws/things/THING/shadow/...
