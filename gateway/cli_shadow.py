@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .cli_lazy import lazy_command
 from .errors import UserError
 from .state_dir import StateDirError, StateLock, default_state_dir, is_running
 
@@ -54,6 +55,11 @@ def add_shadow_commands(sub: argparse._SubParsersAction,
     p.add_argument("document", help="the JSON request document, or - for stdin")
     cmd("delete", "delete a shadow (its version carries on in the next one)")
     cmd("list", "list a thing's named shadows", named=False)
+    p = shadow_sub.add_parser("sync-status", help="sync with the cloud's shadows: per shadow "
+                              "the last synced versions, pending changes, last error")
+    state_dir_arg(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=lazy_command("gateway.cli_shadow_sync", "cmd_sync_status"))
 
 
 def _request_document(args: argparse.Namespace) -> dict[str, Any]:

@@ -168,6 +168,15 @@ class Txn:
                         names.discard(name)
         return sorted(names)
 
+    def versions(self) -> dict[tuple[str, str], int | None]:
+        """Every shadow's version (None: deleted), this batch's changes included."""
+        out = {(t, n): (v if live else None) for t, n, v, live in self._db.execute(
+            "SELECT thing, name, version, document IS NOT NULL FROM shadows")}
+        for layer in (self._batch.records, self.written):
+            for key, rec in layer.items():
+                out[key] = rec.version if rec is not None and rec.shadow is not None else None
+        return out
+
     def count_named(self, thing: str) -> int:
         return len(self.list_named(thing))
 
