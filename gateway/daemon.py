@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .deployment.jobs import JobsAgent
     from .functions.executor import FunctionExecutor
     from .shadow.service import ShadowService
+    from .shadow.sync import ShadowSync
 
 log = logging.getLogger("lichen.daemon")
 
@@ -66,6 +67,7 @@ class Gateway:
         self.auth: DeviceAuth | None = None
         self.discovery: DiscoveryServer | None = None
         self.shadow: ShadowService | None = None
+        self.shadow_sync: ShadowSync | None = None
         self.functions: FunctionExecutor | None = None
         self.cloud: CloudBridge | None = None
         self._stopping = asyncio.Event()
@@ -98,6 +100,15 @@ class Gateway:
             from .shadow.service import start_shadow_service
 
             self.shadow = await start_shadow_service(self.broker, self.cfg, self.state_dir)
+        if self.cfg.shadow_sync.enabled and self.shadow is not None:
+            # before the cloud bridge, which it attaches to as each bridge starts
+            from .shadow.sync import ShadowSync
+
+            self.shadow_sync = ShadowSync(
+                self.cfg.shadow_sync, self.broker, lambda: self.shadow,
+                self.state_dir if self.cfg.persistence.enabled else None,
+                self.cfg.cloud.thing_name, self.cfg.persistence.sync)
+            await self.shadow_sync.start()
         if self.cfg.functions:  # triggers attached before any listener takes a message
             from .functions.executor import FunctionExecutor
 
@@ -162,6 +173,8 @@ class Gateway:
 
         self.cloud = CloudBridge(self.broker, self.cfg, self.state_dir)
         await self.cloud.start()
+        if self.shadow_sync is not None:  # each bridge: a deployment may replace it
+            self.shadow_sync.attach(self.cloud)
         if self.jobs is not None:  # at each start: a deployment may replace the bridge
             self.jobs.attach(self.cloud)
 
@@ -172,6 +185,8 @@ class Gateway:
             status["mqtt"] = self.broker.status()
         if self.shadow is not None:
             status["shadow"] = self.shadow.status()
+        if self.shadow_sync is not None:
+            status["shadow_sync"] = self.shadow_sync.status()
         if self.functions is not None:
             status["functions"] = self.functions.status()
         if self.cloud is not None:
@@ -219,6 +234,8 @@ class Gateway:
             await self.discovery.stop()
         if self.functions is not None:  # workers finish publishing while the broker runs
             await self.functions.stop()
+        if self.shadow_sync is not None:  # before the bridge and the service it uses
+            await self.shadow_sync.stop()
         if self.cloud is not None:  # the spool's last commits while the broker still runs
             await self.cloud.stop()
         if self.shadow is not None:  # answers what it took while the broker still runs
