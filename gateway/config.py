@@ -108,6 +108,9 @@ class CloudSettings:
     session_expiry_s: int = 3600              # cloud keeps our subscriptions this long
     backlog_warn_after_s: float = 60.0        # log when the spool's backlog grew this long
     jobs: bool = True                         # take deployments from AWS IoT Jobs (with endpoint)
+    # connections to IoT Core for the uplink (each takes 100 publishes/s there): client ids
+    # THING, THING-2, ...; a cloud topic always uses the same one (gateway.cloud.lanes)
+    connections: int = 1
 
 
 @dataclass(slots=True)
@@ -192,6 +195,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "cloud.reconnect_ramp_s": (1, 86_400),
     "cloud.backlog_warn_after_s": (1, 86_400),
     "cloud.max_inflight": (1, 65_535),
+    "cloud.connections": (1, 32),
     "cloud.session_expiry_s": (0, 4_294_967_295),
     "shadow_sync.rate": (0.01, 100_000),
     "shadow_sync.burst": (1, 100_000),
@@ -308,6 +312,9 @@ def _check_cloud(c: CloudSettings) -> None:
                               "and its AWS IoT certificate and key)")
     if not THING_NAME.fullmatch(c.thing_name):
         raise ConfigError(f"cloud.thing_name: must be {THING_NAME_RULE}, got {c.thing_name!r}")
+    if c.connections > 1 and len(f"{c.thing_name}-{c.connections}") > 128:
+        raise ConfigError(f"cloud.connections: client ids {c.thing_name}-2 ... would be longer "
+                          "than AWS IoT's 128 characters; use a shorter thing_name")
     if c.min_reconnect_s > c.max_reconnect_s:
         raise ConfigError(f"cloud.min_reconnect_s: must not exceed cloud.max_reconnect_s "
                           f"({c.max_reconnect_s:g}), got {c.min_reconnect_s:g}")
