@@ -190,7 +190,8 @@ def test_kill_mid_job_then_restart(fleet: Fleet, tmp_path: Path, monkeypatch,
     marker.unlink()
     fleet.start("gw-1")
     fleet.wait_executions("cut", {"gw-1": "SUCCEEDED"})
-    assert invoke(fleet.state("gw-1"), "echo") == {"fn": "v1"}
+    # status.json (which `lichen fn invoke` reads) may still be the killed process's
+    wait_for(lambda: invoke(fleet.state("gw-1"), "echo") == {"fn": "v1"}, "echo answers", 30)
     finals = [(s, ok) for s, ok in fleet.reports("cut", "gw-1") if s != "IN_PROGRESS"]
     assert finals == [("SUCCEEDED", True)]
     statuses = [s for j, t, s in fleet.changes if j == "cut"]
