@@ -7,6 +7,11 @@ Messages that came down from the cloud never go back up (loops). The connection 
 the backlog (gateway.cloud.backlog) are kept in `status()` and in the retained
 `$lichen/cloud/connection` topic, which is published again on each change of state and
 every few seconds while messages wait in the spool.
+
+With `[cloud] connections = N` the uplink has N connections, client ids THING, THING-2 ...
+THING-N; each cloud topic is pinned to one of them (gateway.cloud.lane). The first one is
+the primary: down routes, other components' subscriptions and publishes, and the state the
+bridge reports are its own; the others only carry the spool.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ..config import GatewayConfig
@@ -27,6 +33,7 @@ from ..mqtt.topics import InvalidTopic, compile_filter
 from ..spool.queue import Spool
 from ..spool.store import SpoolDB
 from .backlog import BacklogWatch
+from .lane import SOURCE_TOPIC, Batch, Unit
 from .link import CloudLink, Incoming
 from .routes import Route
 from .uplink import Uplink
@@ -58,11 +65,18 @@ class CloudBridge:
                 cloud_filter = r.source_filter(self.thing)
                 self.down.append((r, cloud_filter, compile_filter(cloud_filter)))
         self.spool = Spool(cfg.spool, SpoolDB(state_dir / SPOOL_DB, cfg.spool.sync))
-        self.link = CloudLink(cfg.cloud, state_dir, self._on_state, self._from_cloud,
-                              self._on_completions)
+        self.links = [CloudLink(cfg.cloud, state_dir, self._on_state, self._from_cloud,
+                                self._on_completions)]
+        for k in range(2, cfg.cloud.connections + 1):
+            self.links.append(CloudLink(
+                cfg.cloud, state_dir, partial(self._on_lane_state, k - 1), _ignore,
+                partial(self._on_lane_completions, k - 1), client_id=f"{self.thing}-{k}"))
+        self.link = self.links[0]   # the primary: services and down routes use it
         backlog = BacklogWatch(self.spool, cfg.cloud.backlog_warn_after_s,
                                self._publish_connection)
-        self.uplink = Uplink(self.spool, self.link, cfg.cloud.max_inflight, backlog)
+        batches = {r.name: r.batch for r in self.up if r.batch is not None}
+        self.uplink = Uplink(self.spool, [self._sender(link) for link in self.links],
+                             cfg.cloud.max_inflight, backlog, batches)
         self.state = "stopped"
         self.since = time.time()
         self.last_error: str | None = None
@@ -85,11 +99,12 @@ class CloudBridge:
         for route in self.up:
             self._subs.append(self.broker.subscribe_callback(
                 route.source_filter(self.thing), self._spooler(route)))
-        self.link.start(loop)
+        for link in self.links:
+            link.start(loop)
         self._on_state("connecting", None)
-        log.info("cloud: %s:%d as %s; %d up and %d down routes; spool %d messages",
-                 self.settings.endpoint, self.settings.port, self.thing, len(self.up),
-                 len(self.down), self.spool.count)
+        log.info("cloud: %s:%d as %s (%d connections); %d up and %d down routes; spool %d "
+                 "messages", self.settings.endpoint, self.settings.port, self.thing,
+                 len(self.links), len(self.up), len(self.down), self.spool.count)
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -97,7 +112,7 @@ class CloudBridge:
         self._subs.clear()
         self._stopping = True
         self.uplink.close()
-        await self.link.stop()
+        await asyncio.gather(*(link.stop() for link in self.links))
         self._set_state("stopped", None)
         await self.spool.close()
 
@@ -106,6 +121,7 @@ class CloudBridge:
     def _spooler(self, route: Route):
         thing = self.thing
         offer = self.spool.offer
+        batched = route.batch is not None
 
         def spool_message(msg: Message) -> CommitWait | None:
             if msg.origin == CLOUD_ORIGIN:
@@ -115,10 +131,27 @@ class CloudBridge:
             except InvalidTopic as exc:
                 self._bad_topic(route, msg.topic, exc)
                 return None
-            return offer(route.name, topic, msg.payload, route.qos, msg.properties,
-                         msg.expiry_at, msg.qos)
+            # a batch carries no MQTT properties, but each message's local topic
+            props = {SOURCE_TOPIC: msg.topic} if batched else msg.properties
+            return offer(route.name, topic, msg.payload, route.qos, props, msg.expiry_at,
+                         msg.qos)
 
         return spool_message
+
+    @staticmethod
+    def _sender(link: CloudLink) -> Callable[[Unit], None]:
+        publish = link.publish
+
+        def send(unit: Unit) -> None:
+            if type(unit) is Batch:
+                publish(unit, unit.topic, unit.payload, unit.qos, unit.properties, None)
+                return
+            expiry = None
+            if unit.expiry_at is not None:
+                expiry = max(1, int(unit.expiry_at - time.time() + 0.999))
+            publish(unit.seq, unit.topic, unit.payload, unit.qos, unit.properties, expiry)
+
+        return send
 
     def _bad_topic(self, route: Route, topic: str, exc: Exception) -> None:
         self.dropped_bad_topic += 1
@@ -137,7 +170,21 @@ class CloudBridge:
                 elif not future.done():
                     future.set_result((item[1], item[3]))
         if spooled:
-            self.uplink.on_completions(spooled)
+            self.uplink.on_completions(spooled, 0)
+
+    def _on_lane_completions(self, lane: int, batch: list) -> None:
+        self.uplink.on_completions(batch, lane)
+
+    def _on_lane_state(self, lane: int, state: str, why: str | None) -> None:
+        """A connection other than the primary: it only carries the spool."""
+        if self._stopping:
+            return
+        if state == "connected":
+            self.uplink.on_connected(lane)
+            log.info("cloud: connection %d connected", lane + 1)
+        elif state == "disconnected":
+            self.uplink.on_disconnected(lane)
+            log.warning("cloud: connection %d lost (%s), reconnecting", lane + 1, why)
 
     # ------------------------------------------------- other components on the connection
 
@@ -200,11 +247,11 @@ class CloudBridge:
             filters += [(f, qos) for f, qos, _, _ in self._cloud_subs]
             if filters:
                 self.link.subscribe(filters)
-            self.uplink.on_connected()
+            self.uplink.on_connected(0)
             log.info("cloud: connected to %s:%d (%d messages spooled)",
                      self.settings.endpoint, self.settings.port, self.spool.count)
         elif state == "disconnected":
-            self.uplink.on_disconnected()
+            self.uplink.on_disconnected(0)
             log.warning("cloud: connection lost (%s); %d messages spooled, reconnecting",
                         why, self.spool.count)
         elif state == "connecting" and why is not None:
@@ -266,7 +313,15 @@ class CloudBridge:
                 "sent": self.uplink.sent, "resent": self.uplink.resent,
                 "received": self.received, "dropped_bad_topic": self.dropped_bad_topic,
                 "routes_up": len(self.up), "routes_down": len(self.down),
-                "spool": {**self.spool.status(), **self.uplink.backlog.figures()}}
+                "spool": {**self.spool.status(), **self.uplink.backlog.figures()},
+                "connections": [{"client_id": link.client_id, "state": link.state,
+                                 "connects": link.connects, **lane}
+                                for link, lane in zip(self.links, self.uplink.status(),
+                                                      strict=True)]}
+
+
+def _ignore(_incoming: Incoming) -> None:
+    """The extra connections subscribe to nothing."""
 
 
 def offline_status(cfg: GatewayConfig) -> dict:

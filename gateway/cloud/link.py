@@ -65,8 +65,12 @@ class CloudLink:
     def __init__(self, settings: CloudSettings, state_dir: Path,
                  on_state: Callable[[str, str | None], None],
                  on_message: Callable[[Incoming], None],
-                 on_completions: Callable[[list[Completion]], None]) -> None:
+                 on_completions: Callable[[list[Completion]], None],
+                 client_id: str | None = None) -> None:
         self.settings = settings
+        self.client_id = client_id or settings.thing_name
+        self.state = "stopped"   # as last reported to on_state
+        self.connects = 0
         self.state_dir = state_dir
         self._on_state = on_state
         self._on_message = on_message
@@ -82,6 +86,7 @@ class CloudLink:
         self._sdk = "stopped"      # our client: "running", "stopping" or "stopped"
         self._retry: asyncio.TimerHandle | None = None
         self._closing = False
+        self._fast: Callable | None = None
 
     def _path(self, name: str | None) -> str | None:
         if name is None:
@@ -102,6 +107,7 @@ class CloudLink:
         self._loop = loop
         self._mqtt5 = mqtt5
         self._packet = mqtt5.PublishPacket
+        self._fast = _fast_publish()
         self._qos = (mqtt5.QoS.AT_MOST_ONCE, mqtt5.QoS.AT_LEAST_ONCE)
         s = self.settings
         cert, key, ca = self._path(s.cert_file), self._path(s.key_file), self._path(s.ca_file)
@@ -111,7 +117,7 @@ class CloudLink:
         try:
             self._client = mqtt5_client_builder.mtls_from_path(
                 endpoint=s.endpoint, port=s.port, cert_filepath=cert, pri_key_filepath=key,
-                ca_filepath=ca, client_id=s.thing_name,
+                ca_filepath=ca, client_id=self.client_id,
                 keep_alive_interval_sec=s.keepalive_s,
                 session_expiry_interval_sec=s.session_expiry_s,
                 session_behavior=mqtt5.ClientSessionBehaviorType.REJOIN_ALWAYS,
@@ -200,6 +206,12 @@ class CloudLink:
     def publish(self, token: object, topic: str, payload: bytes, qos: int,
                 properties: dict, expiry_s: int | None) -> None:
         """Send one message; its Completion reaches on_completions later."""
+        if self._fast is not None and not properties:
+            # qos, payload, retain, topic, payload format, expiry, alias, response topic,
+            # correlation data, content type, user properties, callback
+            self._fast(self._client._binding, self._qos[qos], payload, False, topic, None,
+                       expiry_s, None, None, None, None, None, partial(self._acked, token))
+            return
         packet = self._packet(topic=topic, payload=payload, qos=self._qos[qos])
         if expiry_s is not None:
             packet.message_expiry_interval_sec = expiry_s
@@ -231,6 +243,21 @@ class CloudLink:
             else:
                 why = f"reason code 0x{code:02X} {puback.reason_string or ''}".strip()
                 item = (token, False, code not in _RETRY_REASONS, why)
+        with self._done_lock:
+            self._done.append(item)
+            first = len(self._done) == 1
+        if first:
+            self._call(self._deliver_completions)
+
+    def _acked(self, token: object, error_code: int, qos, reason_code: int,
+               reason_string: str | None, _user_properties) -> None:   # SDK thread
+        if error_code:
+            item = (token, False, False, _error_name(error_code))
+        elif reason_code < 0x80 or int(qos) == 0:
+            item = (token, True, False, "")
+        else:
+            why = f"reason code 0x{reason_code:02X} {reason_string or ''}".strip()
+            item = (token, False, reason_code not in _RETRY_REASONS, why)
         with self._done_lock:
             self._done.append(item)
             first = len(self._done) == 1
@@ -276,7 +303,9 @@ class CloudLink:
     def _changed(self, state: str, why: str | None) -> None:
         if self._closing:
             return
+        self.state = state
         if state == "connected":
+            self.connects += 1
             self.backoff.connected(time.monotonic())
         elif why is not None:   # a connection ended or an attempt failed
             self._down()
@@ -289,6 +318,42 @@ class CloudLink:
                 loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:  # the loop closed meanwhile: the gateway is stopping
                 pass
+
+
+def _error_name(code: int) -> str:
+    from awscrt import exceptions
+    return str(exceptions.from_code(code))
+
+
+_SDK_PUBLISH = ("_awscrt.mqtt5_client_publish(self._binding, publish_packet.qos, "
+                "publish_packet.payload, publish_packet.retain, publish_packet.topic, "
+                "publish_packet.payload_format_indicator, "
+                "publish_packet.message_expiry_interval_sec, publish_packet.topic_alias, "
+                "publish_packet.response_topic, publish_packet.correlation_data_bytes or "
+                "publish_packet.correlation_data, publish_packet.content_type, "
+                "publish_packet.user_properties, puback)")
+_SDK_PUBACK = "def puback(error_code, qos, reason_code, reason_string, user_properties_tuples)"
+
+
+def _fast_publish() -> Callable | None:
+    """awscrt's native publish, if Client.publish still calls it exactly as we would.
+
+    Client.publish wraps every publish in a concurrent.futures.Future (a Condition, a lock,
+    two result objects, an enum lookup) and completes it on the SDK's thread under the
+    GIL; calling the binding it wraps with our own callback costs a fraction of that per
+    message. It is a private interface, so it is used only when the installed awscrt's
+    source shows the same call (checked once); otherwise the public API."""
+    try:
+        import inspect
+
+        import _awscrt
+        from awscrt import mqtt5
+        source = " ".join(inspect.getsource(mqtt5.Client.publish).split())
+    except (ImportError, OSError, TypeError):
+        return None
+    if _SDK_PUBLISH not in source or _SDK_PUBACK not in source:
+        return None
+    return getattr(_awscrt, "mqtt5_client_publish", None)
 
 
 def _apply_properties(mqtt5, packet, props: dict) -> None:

@@ -3,7 +3,9 @@
 A route has a direction, a topic filter on its source side, a topic template for the other
 side, and a QoS. The template's placeholders: `{topic}` the whole source topic, `{1}`,
 `{2}`... its levels (1-based), `{thing}` the gateway's cloud thing name (also allowed in the
-filter). The pure parts live here; the bridge does the I/O.
+filter). An up route may batch: `batch = { max_messages = N, max_bytes = B, max_delay_ms = D }`
+packs what it sends to one cloud topic into one publish (gateway.cloud.batch). The pure
+parts live here; the bridge does the I/O.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ from typing import Any
 from ..config import ConfigError
 from ..config_tables import check_named_table
 from ..mqtt.topics import InvalidTopic, validate_topic_filter, validate_topic_name
+from .batch import MAX_PAYLOAD, BatchSettings
 
 DIRECTIONS = ("up", "down")
-_KEYS = {"name", "direction", "filter", "topic", "qos"}
+_KEYS = {"name", "direction", "filter", "topic", "qos", "batch"}
+# batch.FIELD: (lowest, highest, what the bound is)
+_BATCH_RANGES = {"max_messages": (1, 10_000, ""),
+                 "max_bytes": (256, MAX_PAYLOAD, " (AWS IoT Core's 128 KB payload limit)"),
+                 "max_delay_ms": (0, 60_000, "")}
+_BATCH_DEFAULTS = BatchSettings()
 _LEVEL = re.compile(r"[1-9][0-9]{0,2}")
 MAX_ROUTES = 1000
 
@@ -35,6 +43,7 @@ class Route:
     filter: str             # on the source side; may contain {thing}
     topic: str = "{topic}"  # template for the destination topic
     qos: int = 1
+    batch: BatchSettings | None = None   # up routes: pack messages per cloud topic
 
     def source_filter(self, thing: str) -> str:
         return self.filter.replace("{thing}", thing)
@@ -130,7 +139,31 @@ def parse_route(item: Any, where: str) -> Route:
     if isinstance(qos, bool) or qos not in (0, 1):
         raise RouteConfigError(f"{where}.qos: must be 0 or 1 (AWS IoT Core has no QoS 2), "
                                f"got {qos!r}")
-    return Route(name, direction, topic_filter, template, qos)
+    batch = None
+    if "batch" in item:
+        if direction != "up":
+            raise RouteConfigError(f"{where}.batch: only an up route batches (it packs what "
+                                   "goes to the cloud)")
+        batch = parse_batch(item["batch"], f"{where}.batch")
+    return Route(name, direction, topic_filter, template, qos, batch)
+
+
+def parse_batch(item: Any, where: str) -> BatchSettings:
+    if not isinstance(item, dict):
+        raise RouteConfigError(f"{where}: must be a table like {{ max_messages = 100, "
+                               f"max_bytes = 131072, max_delay_ms = 1000 }}, got {item!r}")
+    for key in item:
+        if key not in _BATCH_RANGES:
+            raise RouteConfigError(f"{where}.{key}: unknown setting (known: "
+                                   f"{', '.join(_BATCH_RANGES)})")
+    values = {}
+    for key, (low, high, why) in _BATCH_RANGES.items():
+        value = item.get(key, getattr(_BATCH_DEFAULTS, key))
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise RouteConfigError(f"{where}.{key}: must be an integer from {low} to "
+                                   f"{high}{why}, got {value!r}")
+        values[key] = value
+    return BatchSettings(**values)
 
 
 def parse_routes(items: Any) -> list[Route]:

@@ -23,6 +23,8 @@ DOWN = {"name": "commands", "direction": "down", "filter": "cmd/{thing}/#",
 
 
 def toml_value(v) -> str:
+    if isinstance(v, dict):   # an inline table
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
 
 
