@@ -5,8 +5,8 @@ Messages are taken from the spool in order and handed to the lane (gateway.cloud
 the connection their cloud topic hashes to; each lane sends what is ready while its window
 has room, batching per cloud topic for routes that ask for it. The uplink holds at most
 `hold` messages (in lanes, batches being filled and in flight); a connection that is down
-keeps its share, so the others go on until its share is full (then the spool waits: it
-is one ordered queue, and the rest of it stays on disk).
+parks its topics' messages, so the others go on until it holds half of that (then the
+spool waits: it is one ordered queue, and the rest of it stays on disk).
 
 Wake-ups are batched: when messages arrive or acknowledgements come back, the lanes are
 topped up at most every PUMP_INTERVAL_S under load (at once when the uplink was quiet), so
@@ -54,10 +54,13 @@ class Uplink:
         self.backlog = backlog
         per_send = max((b.max_messages for b in self.batches.values()), default=1)
         n = len(self.lanes)
-        # enough to keep every window full, within the spool's own memory window
-        self.hold = max(max_inflight * n,
-                        min(max_inflight * per_send * n, spool.settings.memory_window))
-        self.lane_hold = max(max_inflight, 2 * self.hold // n)
+        window = spool.settings.memory_window
+        if n == 1:   # enough to keep the window full, within the spool's memory window
+            self.hold = max(max_inflight, min(max_inflight * per_send, window))
+            self.lane_hold = self.hold
+        else:        # and room for a connection that is down to park its topics' share
+            self.hold = max(2 * max_inflight * per_send * n, window)
+            self.lane_hold = self.hold // 2
         self._reject_log = LogThrottle(REJECT_LOG_INTERVAL)
         self._pump_scheduled = False
         self._timer: asyncio.TimerHandle | None = None    # the next rate-limited pump
