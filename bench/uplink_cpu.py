@@ -89,14 +89,16 @@ def _string(s: str) -> bytes:
 class Device:
     """One MQTT 3.1.1 connection publishing QoS 1 on its own topic; counts PUBACKs."""
 
-    def __init__(self, port: int, i: int) -> None:
+    def __init__(self, port: int, i: int, topics: int = 1) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         body = _string("MQTT") + bytes([4, 2]) + (60).to_bytes(2, "big")
         self.sock.sendall(_packet(0x10, body + _string(f"cpu-bench-{os.getpid()}-{i}")))
         if self._read_exact(4)[:2] != b"\x20\x02":
             raise RuntimeError("no CONNACK")
-        self.head = _string(f"{PREFIX}/fanin/{i}")
+        # one topic per device, or `topics` of them in turn (fanin/<i>-<k>)
+        self.heads = [_string(f"{PREFIX}/fanin/{i}")] if topics == 1 else \
+            [_string(f"{PREFIX}/fanin/{i}-{k}") for k in range(topics)]
         self.pid = 0
         self.inflight = 0
         self.buf = b""
@@ -114,7 +116,8 @@ class Device:
         out = []
         for p in payloads:
             self.pid = self.pid % 65535 + 1
-            out.append(_packet(0x32, self.head + self.pid.to_bytes(2, "big") + p))
+            head = self.heads[self.pid % len(self.heads)]
+            out.append(_packet(0x32, head + self.pid.to_bytes(2, "big") + p))
         self.inflight += len(payloads)
         self.sock.sendall(b"".join(out))
 
@@ -128,10 +131,10 @@ class Device:
         self.sock.close()
 
 
-def publish(port: int, count: int, rate: float) -> float:
-    """Publish `count` messages from DEVICES devices, paced at `rate` msg/s in total (0: as
-    fast as acknowledgements allow); returns the achieved rate."""
-    devices = [Device(port, i) for i in range(DEVICES)]
+def publish(port: int, count: int, rate: float, topics: int = 1) -> float:
+    """Publish `count` messages from DEVICES devices (`topics` topics each), paced at `rate`
+    msg/s in total (0: as fast as acknowledgements allow); returns the achieved rate."""
+    devices = [Device(port, i, topics) for i in range(DEVICES)]
     socks = {d.sock: d for d in devices}
     sent = 0
     start = time.monotonic()

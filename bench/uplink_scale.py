@@ -11,7 +11,7 @@ backlog and the gateway's CPU per message. No mosquitto here: its bridge has nei
 batching nor IoT Core's limit (bench/uplink_cpu.py compares CPU with it).
 
 Usage: python bench/uplink_scale.py [--rate 800] [--seconds 600] [--batch 100]
-       python bench/uplink_scale.py --batch 0 --connections 8     # several connections
+       python bench/uplink_scale.py --batch 0 --connections 10 --topics 10   # connections
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from spool_bench import THING, LichenGateway  # noqa: E402
-from uplink_cpu import cpu_seconds, loadavg, publish  # noqa: E402
+from uplink_cpu import DEVICES, cpu_seconds, loadavg, publish  # noqa: E402
 
 from gateway.cloud.batch import unpack  # noqa: E402
 from gateway.cloud.linkproxy import LinkProxy  # noqa: E402
@@ -120,7 +120,8 @@ def run(args: argparse.Namespace) -> dict:
                 time.sleep(0.2)
             load = loadavg()
             cpu0, t0 = cpu_seconds(gw.proc.pid), time.monotonic()
-            feeder = threading.Thread(target=publish, args=(gw.port, count, args.rate))
+            feeder = threading.Thread(target=publish,
+                                      args=(gw.port, count, args.rate, args.topics))
             feeder.start()
             while feeder.is_alive():
                 feeder.join(2.0)
@@ -140,7 +141,8 @@ def run(args: argparse.Namespace) -> dict:
             link.close()
             standin.stop()
     return {"rate": args.rate, "seconds": args.seconds, "batch": args.batch,
-            "connections": args.connections, "aws_iot_limits": True, "messages": count,
+            "connections": args.connections, "topics": DEVICES * args.topics,
+            "aws_iot_limits": True, "messages": count,
             "cloud_received_distinct": len(counter.seen),
             "duplicates": counter.arrivals - len(counter.seen),
             "cloud_publishes": counter.publishes,
@@ -159,6 +161,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=100, help="max_messages; 0: unbatched")
     parser.add_argument("--delay-ms", type=int, default=200)
     parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--topics", type=int, default=1,
+                        help="topics per device: a topic keeps to one connection")
     args = parser.parse_args()
     print(json.dumps(run(args), indent=2))
     return 0
