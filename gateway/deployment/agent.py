@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import health, pipeline, registry_ops, versions
+from . import cleanup, health, pipeline, registry_ops, versions
 from .checkpoint import checkpoint
 from .document import health_window
 from .reconfigure import reconfigure
@@ -197,7 +197,8 @@ class DeploymentAgent:
                 self.store.set_state(gone.id, ROLLED_BACK, f"rolled back by deployment "
                                      f"{dep.id} to version {dep.version}")
         self.store.set_state(dep.id, SUCCEEDED, "; ".join(done) or None)
-        versions.prune(self.state_dir, keep={dep.version, dep.previous_version or 0})
+        cleanup.collect_garbage(self.state_dir, self.store,
+                                keep={dep.version, dep.previous_version or 0})
 
     async def _roll_back(self, dep: Deployment, reason: str) -> None:
         full = await asyncio.to_thread(pipeline.switch_back, self.state_dir, self.store,
