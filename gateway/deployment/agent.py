@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -49,7 +50,8 @@ class DeploymentAgent:
         self.version = boot.version          # the version the gateway runs
         self.store: DeploymentStore | None = None
         self.busy: int | None = None
-        self._listeners: list[Listener] = []
+        self._listeners: list[Listener] = [self._remember_progress]
+        self._last_progress: dict | None = None   # for status.json and `lichen deploy status`
         self._waiters: dict[int, list[asyncio.Future]] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -97,7 +99,12 @@ class DeploymentAgent:
         return await fut
 
     def status(self) -> dict:
-        return {"enabled": True, "version": self.version, "busy": self.busy}
+        return {"enabled": True, "version": self.version, "busy": self.busy,
+                "progress": self._last_progress}
+
+    def _remember_progress(self, dep_id: int, state: str, detail: str | None) -> None:
+        self._last_progress = {"deployment": dep_id, "step": state, "detail": detail,
+                               "at": round(time.time(), 3)}
 
     # ------------------------------------------------------------------ the work
 

@@ -26,7 +26,7 @@ from ..state_dir import (
 from . import pipeline, versions
 from .agent import WAKE_SIGNAL
 from .document import DocumentRejected, parse
-from .store import DB_NAME, SUCCEEDED, SWITCHED, DeploymentStore
+from .store import DB_NAME, FINAL, SUCCEEDED, SWITCHED, DeploymentStore
 
 POLL_S = 0.1
 
@@ -161,14 +161,29 @@ def cmd_deploy_status(args: argparse.Namespace) -> int:
         deps = store.all(limit=1)
         last = deps[0].as_dict() if deps else None
         store.close()
+    progress = _live_progress(state_dir, last)
     if args.json:
-        print(json.dumps({"version": current, "last": last}, indent=2))
+        print(json.dumps({"version": current, "last": last, "progress": progress}, indent=2))
         return 0
     print(f"version: {current}" + (" (the gateway's own config.toml)" if current == 0 else ""))
     if last:
         print(f"last deployment: {last['id']} {last['kind']} {last['state']} at "
               f"{_when(last['updated_at'])}" + (f": {last['reason']}" if last['reason'] else ""))
+    if progress:
+        print(f"in progress: {progress['step']}"
+              + (f" {progress['detail']}" if progress.get("detail") else ""))
     return 0
+
+
+def _live_progress(state_dir: Path, last: dict | None) -> dict | None:
+    """The running gateway's latest step of the deployment still under way (status.json,
+    rewritten every 2 s: e.g. FETCHING digits-model 524288/1048576)."""
+    if not last or last["state"] in FINAL:
+        return None
+    live = ((read_status(state_dir) or {}).get("deployments") or {}).get("progress")
+    if not live or live.get("deployment") != last["id"]:
+        return None
+    return live
 
 
 def cmd_deploy_history(args: argparse.Namespace) -> int:

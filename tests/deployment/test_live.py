@@ -154,6 +154,9 @@ def test_kill_at_each_step(tmp_path: Path, step: str, monkeypatch) -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         marker = state / "deployments" / f"paused-at-{step}"
         wait_for(marker.exists, f"paused at {step}")
+        # what the running gateway is doing shows in `lichen deploy status` meanwhile
+        live = wait_for(lambda: status(state)["progress"], "progress in deploy status", 15)
+        assert live["deployment"] == _last(state)["id"] and live["step"], live
         gw.kill()
         marker.unlink()
         gw.start()
