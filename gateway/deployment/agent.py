@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..offload import Offloader
 from . import cleanup, health, pipeline, registry_ops, versions
 from .checkpoint import checkpoint
 from .document import health_window
@@ -36,6 +37,8 @@ from .store import (
 if TYPE_CHECKING:
     from ..daemon import Gateway
     from .boot import Boot
+
+DRAIN_S = 10.0   # at stop: how long a running store call may take to finish
 
 log = logging.getLogger("lichen.deploy")
 
@@ -57,10 +60,11 @@ class DeploymentAgent:
         self._task: asyncio.Task | None = None
         self._loop_ref: asyncio.AbstractEventLoop | None = None
         self._notes = boot.notes
+        self._offload = Offloader("deployment agent")   # store calls, drained before close
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.store = await asyncio.to_thread(DeploymentStore, self.state_dir)
+        self.store = await self._offload.run(DeploymentStore, self.state_dir)
         pipeline.log_notes(self._notes)
         loop.add_signal_handler(WAKE_SIGNAL, self._wake.set)
         self._task = loop.create_task(self._loop())
@@ -71,14 +75,14 @@ class DeploymentAgent:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.store is not None:
+        if self.store is not None and await self._offload.drain(DRAIN_S):
             self.store.close()
 
     # ------------------------------------------------------------------ API
 
     async def submit(self, document: dict, job_id: str | None = None,
                      base_dir: Path | None = None) -> int:
-        dep_id = await asyncio.to_thread(self.store.add, "apply", document, job_id=job_id,
+        dep_id = await self._offload.run(self.store.add, "apply", document, job_id=job_id,
                                          base_dir=str(base_dir) if base_dir else None)
         self._progress(dep_id, RECEIVED, job_id)
         self._wake.set()
@@ -124,7 +128,7 @@ class DeploymentAgent:
             await self._wake.wait()
             self._wake.clear()
             while True:
-                pending = await asyncio.to_thread(self.store.in_states,
+                pending = await self._offload.run(self.store.in_states,
                                                   AFTER_SWITCH + (RECEIVED,))
                 if not pending:
                     break
@@ -141,13 +145,13 @@ class DeploymentAgent:
                 version = dep.version
                 if dep.kind == "apply":
                     try:
-                        version = await asyncio.to_thread(
+                        version = await self._offload.run(
                             pipeline.stage, self.state_dir, self.store, dep.id,
                             self._threadsafe_progress)
                     except pipeline.Refused as exc:
                         log.error("deployment %d %s: %s", dep.id, exc.state, exc)
                         return
-                await asyncio.to_thread(pipeline.switch, self.state_dir, self.store, dep.id,
+                await self._offload.run(pipeline.switch, self.state_dir, self.store, dep.id,
                                         version, self._threadsafe_progress)
             await self._activate(self.store.get(dep.id))
         finally:
@@ -164,7 +168,7 @@ class DeploymentAgent:
         from ..state_dir import write_status
 
         try:
-            await asyncio.to_thread(write_status, self.state_dir, self.gateway.status())
+            await self._offload.run(write_status, self.state_dir, self.gateway.status())
         except OSError as exc:
             log.warning("cannot write status file: %s", exc)
 
@@ -174,16 +178,16 @@ class DeploymentAgent:
         cloud_was_connected = gw.cloud is not None and gw.cloud.state == "connected"
         doc = dep.document if dep.kind == "apply" else None
         try:
-            new = await asyncio.to_thread(versions.version_config, self.state_dir, dep.version)
+            new = await self._offload.run(versions.version_config, self.state_dir, dep.version)
             changes = await reconfigure(gw, versions.with_deployed(gw.cfg, new))
             self.version = dep.version
             await self._write_status()
-            await asyncio.to_thread(self.store.set_state, dep.id, HEALTH_CHECK,
+            await self._offload.run(self.store.set_state, dep.id, HEALTH_CHECK,
                                     "; ".join(changes) or "no component changed")
             self._progress(dep.id, HEALTH_CHECK, None)
-            await asyncio.to_thread(checkpoint, self.state_dir, HEALTH_CHECK)
+            await self._offload.run(checkpoint, self.state_dir, HEALTH_CHECK)
             await health.check(gw, gw.cfg, doc, health_window(doc), cloud_was_connected)
-            done = await asyncio.to_thread(registry_ops.apply, self.state_dir, doc or {})
+            done = await self._offload.run(registry_ops.apply, self.state_dir, doc or {})
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # anything at all: the version before is known to run
@@ -193,7 +197,7 @@ class DeploymentAgent:
                 log.exception("deployment %d", dep.id)
             await self._roll_back(dep, reason)
             return
-        await asyncio.to_thread(self._succeeded, dep, done)
+        await self._offload.run(self._succeeded, dep, done)
         self._progress(dep.id, SUCCEEDED, None)
         log.info("deployment %d SUCCEEDED: version %d runs", dep.id, dep.version)
 
@@ -208,12 +212,12 @@ class DeploymentAgent:
                                 keep={dep.version, dep.previous_version or 0})
 
     async def _roll_back(self, dep: Deployment, reason: str) -> None:
-        full = await asyncio.to_thread(pipeline.switch_back, self.state_dir, self.store,
+        full = await self._offload.run(pipeline.switch_back, self.state_dir, self.store,
                                        dep.id, reason)
         log.error("deployment %d FAILED: %s", dep.id, full)
         previous = dep.previous_version or 0
         try:
-            old = await asyncio.to_thread(versions.version_config, self.state_dir, previous)
+            old = await self._offload.run(versions.version_config, self.state_dir, previous)
             await reconfigure(self.gateway, versions.with_deployed(self.gateway.cfg, old))
             self.version = previous
             await self._write_status()

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..offload import Offloader
 from .jobs_state import (
     IN_PROGRESS,
     JOB_TERMINAL,
@@ -42,6 +43,8 @@ from .store import FINAL, Deployment, DeploymentStore
 if TYPE_CHECKING:
     from ..cloud.bridge import CloudBridge
     from .agent import DeploymentAgent
+
+DRAIN_S = 10.0   # at stop: how long a running store call may take to finish
 
 log = logging.getLogger("lichen.jobs")
 
@@ -78,6 +81,7 @@ class JobsAgent:
         self._pacer = ProgressPacer()
         self.reported = 0
         self.last_error: str | None = None
+        self._offload = Offloader("jobs agent")   # store calls, drained before close
 
     # ------------------------------------------------------------------ wiring
 
@@ -103,7 +107,7 @@ class JobsAgent:
     async def start(self, deployments: DeploymentAgent) -> None:
         self._loop = asyncio.get_running_loop()
         self.deployments = deployments
-        self.store = await asyncio.to_thread(DeploymentStore, self.state_dir)
+        self.store = await self._offload.run(DeploymentStore, self.state_dir)
         deployments.add_listener(self._on_deployment)
         self._task = self._loop.create_task(self._run())
         self._poke()
@@ -113,7 +117,7 @@ class JobsAgent:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._stream = self.client = None   # native resources, released when collected
-        if self.store is not None:
+        if self.store is not None and await self._offload.drain(DRAIN_S):
             self.store.close()
 
     def status(self) -> dict:
@@ -178,7 +182,7 @@ class JobsAgent:
         """One pass; returns when to look again without a wake (None: only on a wake)."""
         if not self._connected():
             return None
-        for dep in await asyncio.to_thread(self.store.jobs_to_finish, SETTLED):
+        for dep in await self._offload.run(self.store.jobs_to_finish, SETTLED):
             if dep.final:
                 await self._report_final(dep)
                 continue
@@ -200,9 +204,9 @@ class JobsAgent:
         ex = resp.execution
         if ex is None:
             return
-        await asyncio.to_thread(self.store.set_job_report, ex.job_id,
+        await self._offload.run(self.store.set_job_report, ex.job_id,
                                 version=ex.version_number, reported=IN_PROGRESS)
-        known = await asyncio.to_thread(self.store.by_job, ex.job_id)
+        known = await self._offload.run(self.store.by_job, ex.job_id)
         if known is None:
             dep_id = await self.deployments.submit(ex.job_document, job_id=ex.job_id)
             log.info("job %s: deployment %d", ex.job_id, dep_id)
@@ -233,7 +237,7 @@ class JobsAgent:
         has a terminal one; rejections are handled as after_rejection says."""
         from awsiot import iotjobs
 
-        version, _ = await asyncio.to_thread(self.store.job_report, job_id)
+        version, _ = await self._offload.run(self.store.job_report, job_id)
         for _ in range(MAX_VERSION_RETRIES):
             req = iotjobs.UpdateJobExecutionRequest(
                 thing_name=self.thing, job_id=job_id, status=status, status_details=details,
@@ -258,14 +262,14 @@ class JobsAgent:
                     raise Unavailable(f"job {job_id}: {decision.note}") from None
                 settled = decision.cloud_status or GAVE_UP
                 if status != IN_PROGRESS or settled != GAVE_UP:
-                    await asyncio.to_thread(self.store.set_job_report, job_id,
+                    await self._offload.run(self.store.set_job_report, job_id,
                                             reported=settled, note=decision.note)
                 level = logging.INFO if settled == status else logging.WARNING
                 log.log(level, "job %s: %s: %s (%s)", job_id, status, decision.note, exc)
                 return settled
             state = resp.execution_state
             new_version = state.version_number if state is not None else None
-            await asyncio.to_thread(self.store.set_job_report, job_id, version=new_version,
+            await self._offload.run(self.store.set_job_report, job_id, version=new_version,
                                     reported=status)
             return status if status in JOB_TERMINAL else None
         raise Unavailable(f"job {job_id}: the execution's version kept changing")
