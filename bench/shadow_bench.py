@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from procs import free_port, wait_port  # bench/procs.py: run as `python bench/...`
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # name: (in-flight updates per thing, persistence.sync)
@@ -185,25 +187,6 @@ async def drive(port: int, things: int, inflight: int, duration: float,
 
 
 # ---------------------------------------------------------------- the gateway
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gateway exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"gateway not listening on {port} after {timeout}s")
 
 
 def start_gateway(state: Path, port: int, sync: str) -> subprocess.Popen:
