@@ -10,26 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .sqlite_schema import query_readonly
 from .state_dir import default_state_dir, is_running, read_status
 
 
 def _local_versions(path: Path) -> dict[tuple[str, str], int | None]:
-    if not path.exists():
-        return {}
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        db.execute("PRAGMA busy_timeout=5000")
-        return {(t, n): (v if live else None) for t, n, v, live in db.execute(
-            "SELECT thing, name, version, document IS NOT NULL FROM shadows")}
-    except sqlite3.OperationalError:
-        return {}
-    finally:
-        db.close()
+    from .shadow.store import SCHEMA
+
+    return {(t, n): (v if live else None) for t, n, v, live in query_readonly(
+        path, SCHEMA, "SELECT thing, name, version, document IS NOT NULL FROM shadows")}
 
 
 def sync_status(state_dir: Path) -> dict[str, Any]:

@@ -21,6 +21,8 @@ log = logging.getLogger("lichen")
 
 T = TypeVar("T")
 
+STOP_DRAIN_S = 10.0   # at stop: how long a call already running may take to finish
+
 
 class Offloader:
     """Runs blocking calls in threads of its own and knows which are still running.
@@ -46,7 +48,7 @@ class Offloader:
         with self._lock:
             self._running.discard(work)
 
-    async def drain(self, timeout: float) -> bool:
+    async def drain(self, timeout: float = STOP_DRAIN_S) -> bool:
         """Wait (at most `timeout` s) for every call still in a thread; True when none is.
         No new call may start after this."""
         with self._lock:

@@ -73,6 +73,23 @@ def check_version(db: sqlite3.Connection, path: str | Path, schema: Schema) -> i
     return version
 
 
+def query_readonly(path: Path, schema: Schema, sql: str, params: tuple = ()) -> list[tuple]:
+    """The rows of `sql` from a file another process may be writing (a WAL reader sees only
+    committed rows), for commands that must work beside a running gateway: [] when the file
+    or its tables do not exist yet; SchemaTooNew when it is newer than `schema`."""
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        db.execute("PRAGMA busy_timeout=5000")
+        check_version(db, path, schema)
+        return db.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:  # no tables yet
+        return []
+    finally:
+        db.close()
+
+
 def ensure_schema(db: sqlite3.Connection, path: str | Path, schema: Schema) -> int:
     """Bring the file `db` has open to `schema.version`; returns the version it had (0 for
     a new file). `db` must be in autocommit mode (isolation_level=None), outside a

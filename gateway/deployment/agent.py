@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from ..daemon import Gateway
     from .boot import Boot
 
-DRAIN_S = 10.0   # at stop: how long a running store call may take to finish
-
 log = logging.getLogger("lichen.deploy")
 
 Listener = Callable[[int, str, "str | None"], None]
@@ -75,7 +73,7 @@ class DeploymentAgent:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self.store is not None and await self._offload.drain(DRAIN_S):
+        if self.store is not None and await self._offload.drain():
             self.store.close()
 
     # ------------------------------------------------------------------ API

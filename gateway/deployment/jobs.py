@@ -44,8 +44,6 @@ if TYPE_CHECKING:
     from ..cloud.bridge import CloudBridge
     from .agent import DeploymentAgent
 
-DRAIN_S = 10.0   # at stop: how long a running store call may take to finish
-
 log = logging.getLogger("lichen.jobs")
 
 REQUEST_TIMEOUT_S = 30        # the request-response client gives up on an answer after this
@@ -117,7 +115,7 @@ class JobsAgent:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         self._stream = self.client = None   # native resources, released when collected
-        if self.store is not None and await self._offload.drain(DRAIN_S):
+        if self.store is not None and await self._offload.drain():
             self.store.close()
 
     def status(self) -> dict:

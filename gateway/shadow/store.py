@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..sqlite_schema import Schema, check_version, ensure_schema
+from ..sqlite_schema import Schema, ensure_schema, query_readonly
 from .document import CLASSIC, Shadow
 
 if TYPE_CHECKING:
@@ -404,16 +404,6 @@ def _deliver(callbacks: list[Done], results: list[Any]) -> None:
 def list_named_readonly(path: Path, thing: str) -> list[str]:
     """Named shadows of a thing from a store another process may be writing (WAL readers
     see only committed data)."""
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        db.execute("PRAGMA busy_timeout=5000")
-        check_version(db, path, SCHEMA)
-        return [name for (name,) in db.execute(
-            "SELECT name FROM shadows WHERE thing = ? AND name != '' AND document IS NOT NULL "
-            "ORDER BY name", (thing,))]
-    except sqlite3.OperationalError:  # no tables yet
-        return []
-    finally:
-        db.close()
+    return [name for (name,) in query_readonly(
+        path, SCHEMA, "SELECT name FROM shadows WHERE thing = ? AND name != '' AND "
+        "document IS NOT NULL ORDER BY name", (thing,))]

@@ -13,13 +13,12 @@ requests, and the sync's bookkeeping has nothing to commit together with them.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..group_commit import GroupCommitWriter, open_wal
-from ..sqlite_schema import Schema, check_version
+from ..sqlite_schema import Schema, query_readonly
 
 if TYPE_CHECKING:
     from sqlite_utils import Database
@@ -126,14 +125,5 @@ class SyncStore:
 
 def read_records(path: Path) -> list[SyncRecord]:
     """Every row, from a file the gateway may be writing (WAL readers see committed rows)."""
-    if not path.exists():
-        return []
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        db.execute("PRAGMA busy_timeout=5000")
-        check_version(db, path, SCHEMA)
-        return [SyncRecord.from_row(r) for r in db.execute(_SELECT + " ORDER BY thing, name")]
-    except sqlite3.OperationalError:  # no table yet
-        return []
-    finally:
-        db.close()
+    return [SyncRecord.from_row(r)
+            for r in query_readonly(path, SCHEMA, _SELECT + " ORDER BY thing, name")]
