@@ -230,34 +230,29 @@ class CloudLink:
 
     # ---------------------------------------------------------------- SDK thread -> loop
 
-    def _completed(self, token: object, future) -> None:
+    def _completed(self, token: object, future) -> None:   # SDK thread (public API)
         exc = future.exception()
         if exc is not None:
             # Failed with the connection (or timed out): send again, not lost.
-            item = (token, False, False, str(exc))
+            self._done_item((token, False, False, str(exc)))
+            return
+        puback = future.result().puback
+        if puback is None:
+            self._done_item((token, True, False, ""))
         else:
-            puback = future.result().puback
-            code = puback.reason_code.value if puback is not None else 0
-            if code < 0x80:
-                item = (token, True, False, "")
-            else:
-                why = f"reason code 0x{code:02X} {puback.reason_string or ''}".strip()
-                item = (token, False, code not in _RETRY_REASONS, why)
-        with self._done_lock:
-            self._done.append(item)
-            first = len(self._done) == 1
-        if first:
-            self._call(self._deliver_completions)
+            self._done_item(_puback_item(token, puback.reason_code.value, puback.reason_string))
 
     def _acked(self, token: object, error_code: int, qos, reason_code: int,
                reason_string: str | None, _user_properties) -> None:   # SDK thread
         if error_code:
-            item = (token, False, False, _error_name(error_code))
-        elif reason_code < 0x80 or int(qos) == 0:
-            item = (token, True, False, "")
+            self._done_item((token, False, False, _error_name(error_code)))
+        elif int(qos) == 0:
+            self._done_item((token, True, False, ""))
         else:
-            why = f"reason code 0x{reason_code:02X} {reason_string or ''}".strip()
-            item = (token, False, reason_code not in _RETRY_REASONS, why)
+            self._done_item(_puback_item(token, reason_code, reason_string))
+
+    def _done_item(self, item: Completion) -> None:
+        """Queue a completion for the loop; one hop per batch, not per message."""
         with self._done_lock:
             self._done.append(item)
             first = len(self._done) == 1
@@ -318,6 +313,14 @@ class CloudLink:
                 loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:  # the loop closed meanwhile: the gateway is stopping
                 pass
+
+
+def _puback_item(token: object, code: int, reason_string: str | None) -> Completion:
+    """What a PUBACK's reason code means for the spool: done, retry later, or never."""
+    if code < 0x80:
+        return (token, True, False, "")
+    why = f"reason code 0x{code:02X} {reason_string or ''}".strip()
+    return (token, False, code not in _RETRY_REASONS, why)
 
 
 def _error_name(code: int) -> str:
