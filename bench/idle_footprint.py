@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procs import free_port, wait_port  # bench/procs.py: run as `python bench/...`
+from procs import free_port, stop_group, wait_port  # bench/procs.py: run as `python bench/...`
 
 ROOT = Path(__file__).resolve().parent.parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -139,12 +138,7 @@ def one_run(name: str, settle: float, idle: float) -> dict | None:
             cpu = (cpu_seconds(tree(proc.pid)) - cpu0) / (time.monotonic() - t0)
             return {"rss_mb": rss / 1024, "cpu_pct": 100 * cpu}
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+            stop_group(proc)
 
 
 def spread(values: list[float]) -> dict:

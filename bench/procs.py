@@ -1,8 +1,10 @@
-"""What the benchmark scripts share for the processes they start: a free loopback port, and
-waiting (bounded) for a started process to listen on it."""
+"""What the benchmark scripts share for the processes they start: a free loopback port,
+waiting (bounded) for a started process to listen on it, and stopping its process group."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -25,3 +27,16 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group a bench started (start_new_session=True), SIGKILL if it
+    has not gone after 10 s."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import statistics
 import struct
@@ -36,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procs import free_port, wait_port  # bench/procs.py: run as `python bench/...`
+from procs import free_port, stop_group, wait_port  # bench/procs.py: run as `python bench/...`
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -201,16 +200,6 @@ def start_gateway(state: Path, port: int, sync: str) -> subprocess.Popen:
     return proc
 
 
-def stop_gateway(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def gateway_cpu(pid: int) -> float:
     """User + system CPU seconds of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -241,7 +230,7 @@ def run_scenario(name: str, args: argparse.Namespace) -> dict:
             total = args.duration + args.warmup
             result["gateway_cpu_pct"] = 100 * (gateway_cpu(proc.pid) - cpu0) / total
         finally:
-            stop_gateway(proc)
+            stop_group(proc)
         counters = shadow_status(state)
         if counters.get("commits"):
             result["commits"] = counters["commits"]
